@@ -1,0 +1,204 @@
+//! A client of a Parley cluster's node API that retries across nodes.
+//!
+//! Proposals are retried, unchanged, on every error that may be transient
+//! (no leader, timeout, node down), so an append retried after an ambiguous
+//! failure commits once: its client message id makes it idempotent.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use parley_core::proto::{Command, HistoryQuery, StoredMessage};
+use parley_shards::proto::node_api_client::NodeApiClient;
+use parley_shards::proto::{
+    Consistency, HistoryReply, HistoryRequest, ProposeReply, ProposeRequest, StatusReply,
+    StatusRequest,
+};
+use tonic::transport::{Channel, Endpoint};
+
+/// Largest message the client sends or accepts, in bytes.
+const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Deadline of one call to one node.
+const CALL_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// Clients of every node, in the order their addresses were given.
+#[derive(Clone)]
+pub struct ClusterClient {
+    addresses: Vec<String>,
+    clients: Vec<NodeApiClient<Channel>>,
+}
+
+fn is_transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unknown
+            | tonic::Code::Internal
+            | tonic::Code::Cancelled
+            | tonic::Code::Aborted
+    )
+}
+
+impl ClusterClient {
+    /// Creates lazily connected clients for `addresses` ("host:port").
+    pub fn new(addresses: &[String]) -> Result<ClusterClient> {
+        if addresses.is_empty() {
+            bail!("no node addresses given; pass at least one --node HOST:PORT");
+        }
+        let mut clients = Vec::new();
+        for address in addresses {
+            let endpoint = Endpoint::from_shared(format!("http://{address}"))
+                .with_context(|| format!("node address {address:?} is invalid; write HOST:PORT"))?
+                .connect_timeout(Duration::from_millis(500))
+                .tcp_nodelay(true);
+            let client = NodeApiClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(MESSAGE_BYTES_MAX);
+            clients.push(client);
+        }
+        Ok(ClusterClient {
+            addresses: addresses.to_vec(),
+            clients,
+        })
+    }
+
+    pub fn addresses(&self) -> &[String] {
+        &self.addresses
+    }
+
+    /// Proposes `command`, retrying transient failures on the next node
+    /// until `deadline` has passed.
+    pub async fn propose(&self, command: Command, deadline: Duration) -> Result<ProposeReply> {
+        let started = tokio::time::Instant::now();
+        let mut attempt = 0usize;
+        loop {
+            let index = attempt % self.clients.len();
+            let mut client = self.clients[index].clone();
+            let request = ProposeRequest {
+                command: Some(command.clone()),
+                hops: 0,
+            };
+            let outcome = tokio::time::timeout(CALL_TIMEOUT, client.propose(request)).await;
+            let status = match outcome {
+                Ok(Ok(reply)) => return Ok(reply.into_inner()),
+                Ok(Err(status)) if !is_transient(&status) => {
+                    return Err(anyhow!(
+                        "node {} rejected the proposal: {status}",
+                        self.addresses[index]
+                    ))
+                }
+                Ok(Err(status)) => status.to_string(),
+                Err(_) => format!("no reply within {} ms", CALL_TIMEOUT.as_millis()),
+            };
+            if started.elapsed() > deadline {
+                bail!(
+                    "proposal failed for {} ms; last error from {}: {status}",
+                    deadline.as_millis(),
+                    self.addresses[index]
+                );
+            }
+            tracing::debug!(node = %self.addresses[index], attempt, error = %status, "retrying proposal");
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(50.min(10 * attempt as u64))).await;
+        }
+    }
+
+    /// Reads one page from the node at `node_index`.
+    pub async fn history_page(
+        &self,
+        node_index: usize,
+        query: HistoryQuery,
+        consistency: Consistency,
+        min_applied_index: u64,
+    ) -> Result<HistoryReply, tonic::Status> {
+        let mut client = self.clients[node_index].clone();
+        let request = HistoryRequest {
+            query: Some(query),
+            consistency: consistency as i32,
+            min_applied_index,
+            hops: 0,
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, client.history(request)).await {
+            Ok(reply) => reply.map(tonic::Response::into_inner),
+            Err(_) => Err(tonic::Status::deadline_exceeded("history read timed out")),
+        }
+    }
+
+    /// Reads a whole conversation from one node, page by page. Returns the
+    /// messages and the replica's applied index after the last page.
+    pub async fn history_all(
+        &self,
+        node_index: usize,
+        conversation_id: &str,
+        reader: &str,
+        consistency: Consistency,
+        min_applied_index: u64,
+    ) -> Result<(Vec<StoredMessage>, u64), tonic::Status> {
+        let mut messages = Vec::new();
+        let mut applied_index = 0;
+        loop {
+            let query = HistoryQuery {
+                conversation_id: conversation_id.to_string(),
+                reader: reader.to_string(),
+                from_seq: messages.len() as u64 + 1,
+                limit: 0,
+            };
+            let reply = self
+                .history_page(node_index, query, consistency, min_applied_index)
+                .await?;
+            applied_index = applied_index.max(reply.applied_index);
+            let page = reply.page.unwrap_or_default();
+            let page_len = page.messages.len();
+            messages.extend(page.messages);
+            if page_len == 0 || messages.len() as u64 >= page.last_seq {
+                return Ok((messages, applied_index));
+            }
+        }
+    }
+
+    /// Reads a whole conversation linearizably, retrying across nodes.
+    pub async fn history_linearizable(
+        &self,
+        conversation_id: &str,
+        reader: &str,
+        deadline: Duration,
+    ) -> Result<(Vec<StoredMessage>, u64)> {
+        let started = tokio::time::Instant::now();
+        let mut attempt = 0usize;
+        loop {
+            let index = attempt % self.clients.len();
+            match self
+                .history_all(index, conversation_id, reader, Consistency::Linearizable, 0)
+                .await
+            {
+                Ok(result) => return Ok(result),
+                Err(status) if !is_transient(&status) || started.elapsed() > deadline => {
+                    return Err(anyhow!(
+                        "linearizable read of {conversation_id} via {} failed: {status}",
+                        self.addresses[index]
+                    ))
+                }
+                Err(_) => {}
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Returns the status of the node at `node_index`.
+    pub async fn status(&self, node_index: usize, include_digests: bool) -> Result<StatusReply> {
+        let mut client = self.clients[node_index].clone();
+        let request = StatusRequest { include_digests };
+        let reply = tokio::time::timeout(CALL_TIMEOUT, client.status(request))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "node {} did not answer status in time",
+                    self.addresses[node_index]
+                )
+            })?
+            .with_context(|| format!("status of node {} failed", self.addresses[node_index]))?;
+        Ok(reply.into_inner())
+    }
+}

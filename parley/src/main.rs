@@ -1,0 +1,223 @@
+//! The `parley` command: run a node, inspect a cluster, run a smoke
+//! workload against it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+use parley::client::ClusterClient;
+use parley::config::{merge_peers, parse_peer, ConfigFile, NodeConfig};
+use parley::smoke::{self, SmokeOptions};
+use parley_raft::NodeId;
+use parley_shards::ClusterSettings;
+
+#[derive(Parser)]
+#[command(
+    name = "parley",
+    version,
+    about = "Parley: a chat backend replicated by Raft"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run one node of a cluster.
+    Node(NodeArgs),
+    /// Show every shard replica of the given nodes: role, leader, term, indexes.
+    Status(StatusArgs),
+    /// Append messages through the cluster, then verify every replica.
+    Smoke(SmokeArgs),
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// TOML file with node_id, listen, data_dir, shard_count and [peers]; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's id (a positive integer, never reused for another node).
+    #[arg(long)]
+    id: Option<NodeId>,
+    /// Address to serve the node API and Raft transport on (IP:PORT).
+    #[arg(long)]
+    listen: Option<String>,
+    /// A cluster member as ID=IP:PORT; repeat for every node, this one included.
+    #[arg(long = "peer", value_parser = parse_peer)]
+    peers: Vec<(NodeId, String)>,
+    /// Directory for this node's sled database.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Number of shard groups; must be the same on every node. Default 8.
+    #[arg(long)]
+    shards: Option<u32>,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// A node address (IP:PORT); repeat for each node to show.
+    #[arg(long = "node", required = true)]
+    nodes: Vec<String>,
+    /// Also show each replica's state digest.
+    #[arg(long)]
+    digests: bool,
+}
+
+#[derive(Args)]
+struct SmokeArgs {
+    /// A node address (IP:PORT); give every node so each replica is verified.
+    #[arg(long = "node", required = true)]
+    nodes: Vec<String>,
+    /// Number of messages to append.
+    #[arg(long, default_value_t = 10_000)]
+    appends: usize,
+    /// Number of group conversations to spread them over.
+    #[arg(long, default_value_t = 100)]
+    conversations: usize,
+    /// Number of concurrent senders.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Size of each message body in bytes.
+    #[arg(long, default_value_t = 256)]
+    body_bytes: usize,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Commands::Node(args) => runtime.block_on(parley::node::run(node_config(args)?)),
+        Commands::Status(args) => runtime.block_on(status(args)),
+        Commands::Smoke(args) => runtime.block_on(run_smoke(args)),
+    }
+}
+
+fn node_config(args: NodeArgs) -> Result<NodeConfig> {
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let peers = merge_peers(&file, &args.peers)?;
+    let Some(node_id) = args.id.or(file.node_id) else {
+        bail!("the node id is missing; pass --id N or set node_id in the config file");
+    };
+    let listen = match args.listen.or(file.listen.clone()) {
+        Some(listen) => listen,
+        None => match peers.get(&node_id) {
+            Some(address) => address.clone(),
+            None => bail!(
+                "the listen address is missing; pass --listen IP:PORT or --peer {node_id}=IP:PORT"
+            ),
+        },
+    };
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(format!("data/node{node_id}")));
+    let shard_count = args.shards.or(file.shard_count).unwrap_or(8);
+
+    let mut cluster = ClusterSettings::new(shard_count, peers);
+    if let Some(limit) = file.group_members_max {
+        cluster.limits.group_members_max = limit;
+    }
+    if let Some(limit) = file.body_bytes_max {
+        cluster.limits.body_bytes_max = limit;
+    }
+    Ok(NodeConfig {
+        node_id,
+        listen,
+        data_dir,
+        cluster,
+    })
+}
+
+async fn status(args: StatusArgs) -> Result<()> {
+    let client = ClusterClient::new(&args.nodes)?;
+    println!(
+        "{:>5} {:>5} {:<10} {:>6} {:>5} {:>9} {:>9} {:>9}  replicas",
+        "node", "shard", "role", "leader", "term", "last_log", "applied", "snapshot"
+    );
+    for (index, address) in args.nodes.iter().enumerate() {
+        let reply = match client.status(index, args.digests).await {
+            Ok(reply) => reply,
+            Err(error) => {
+                println!("{address}: unreachable: {error:#}");
+                continue;
+            }
+        };
+        for shard in reply.shards {
+            let digest = if args.digests {
+                &shard.state_digest[..16.min(shard.state_digest.len())]
+            } else {
+                ""
+            };
+            println!(
+                "{:>5} {:>5} {:<10} {:>6} {:>5} {:>9} {:>9} {:>9}  {:?} {digest}",
+                reply.node_id,
+                shard.shard_id,
+                shard.role,
+                shard.leader_id,
+                shard.term,
+                shard.last_log_index,
+                shard.last_applied_index,
+                shard.snapshot_index,
+                shard.replicas
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn run_smoke(args: SmokeArgs) -> Result<()> {
+    if args.conversations == 0 || args.appends == 0 {
+        bail!("--appends and --conversations must be at least 1");
+    }
+    let client = ClusterClient::new(&args.nodes)?;
+    let run_id = format!("smoke{}", std::process::id());
+    let options = SmokeOptions {
+        run_id,
+        conversations: args.conversations,
+        concurrency: args.concurrency,
+        body_bytes: args.body_bytes,
+    };
+    smoke::create_conversations(&client, &options).await?;
+
+    let started = tokio::time::Instant::now();
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let counter = acknowledged.clone();
+    let total = args.appends;
+    let on_ack = Arc::new(move |_: &smoke::Ack| {
+        let done = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        if done % 1000 == 0 || done == total {
+            eprintln!("{done}/{total} appends acknowledged");
+        }
+    });
+    let acks = smoke::append_range(&client, &options, 0..args.appends, on_ack).await?;
+    let elapsed = started.elapsed();
+    println!(
+        "{} appends acknowledged in {:.2} s ({:.0}/s) over {} conversations",
+        acks.len(),
+        elapsed.as_secs_f64(),
+        acks.len() as f64
+            / elapsed
+                .as_secs_f64()
+                .max(Duration::from_millis(1).as_secs_f64()),
+        args.conversations
+    );
+    let report = smoke::verify(&client, &options, &acks).await?;
+    println!("{report}");
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! Runs one Parley node process: the sled engine, the multi-raft host and
+//! the gRPC server for the Raft transport and the node API.
+//!
+//! The listener is bound before any shard starts, so a busy port fails the
+//! start at once. SIGINT and SIGTERM stop the server, stop every Raft
+//! member and flush the engine before the process exits.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use parley_raft::{SledEngine, StorageEngine};
+use parley_shards::{NodeApiService, NodeClock, NodeHost};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::NodeConfig;
+
+/// Runs the node until SIGINT or SIGTERM.
+pub async fn run(config: NodeConfig) -> Result<()> {
+    config
+        .cluster
+        .validate()
+        .context("the node's settings are invalid")?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "failed to listen on {}; is another node using it? pick a free port with --listen",
+                config.listen
+            )
+        })?;
+
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "failed to create data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let engine = Arc::new(SledEngine::open(&config.data_dir.join("sled"))?);
+    let engine_for_shutdown = engine.clone();
+    let host = NodeHost::start(
+        config.node_id,
+        config.cluster.clone(),
+        engine,
+        NodeClock::default(),
+    )
+    .await
+    .context("failed to start the node's shard replicas")?;
+
+    tracing::info!(
+        node = config.node_id,
+        listen = %config.listen,
+        data_dir = %config.data_dir.display(),
+        shards = host.shard_map().shards_on(config.node_id).len(),
+        "node serving"
+    );
+    let message_bytes_max = config.cluster.message_bytes_max;
+    let server = tonic::transport::Server::builder()
+        .add_service(host.transport_service().into_server())
+        .add_service(NodeApiService::server(host.clone(), message_bytes_max))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal());
+    server.await.context("the gRPC server failed")?;
+
+    host.shutdown().await;
+    engine_for_shutdown
+        .sync()
+        .await
+        .context("failed to flush the storage engine at shutdown")?;
+    tracing::info!(node = config.node_id, "node stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; stop the node with SIGINT");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,517 @@
+//! The multi-raft host: every shard replica a node carries, in one process.
+//!
+//! The host starts one openraft group member per shard placed on this node,
+//! all on one storage engine and one transport. It bootstraps each shard
+//! group from the shard's first replica node, proposes commands (forwarding
+//! them to the shard leader when this node does not lead), and serves reads
+//! either linearizably (ReadIndex at the leader) or from the local replica
+//! once it has applied a given index.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::BasicNode;
+use parley_core::proto::command::Kind;
+use parley_core::proto::{CommandResult, HistoryQuery, RejectionCode};
+use parley_raft::{
+    AppliedHandle, LogStore, NetworkFactory, NodeId, PeerChannels, Raft, Request, ShardId,
+    ShardRegistry, ShardStateMachine, StorageEngine, TransportService, TransportSettings,
+};
+use prost::Message;
+
+use crate::clock::NodeClock;
+use crate::error::ShardsError;
+use crate::proto::node_api_client::NodeApiClient;
+use crate::proto::{
+    Consistency, HistoryReply, HistoryRequest, ProposeReply, ProposeRequest, ShardStatus,
+    StatusReply,
+};
+use crate::settings::ClusterSettings;
+use crate::shard_map::ShardMap;
+
+/// A request is forwarded at most this many times before failing.
+const FORWARD_HOPS_MAX: u32 = 2;
+
+/// How long a LOCAL read waits for the replica to reach the requested index.
+const LOCAL_READ_WAIT: Duration = Duration::from_secs(5);
+
+struct Replica {
+    raft: Raft,
+    applied: AppliedHandle,
+}
+
+/// All shard replicas of one node.
+pub struct NodeHost {
+    node_id: NodeId,
+    settings: Arc<ClusterSettings>,
+    map: ShardMap,
+    registry: ShardRegistry,
+    replicas: BTreeMap<ShardId, Replica>,
+    channels: PeerChannels,
+    transport_settings: Arc<TransportSettings>,
+    clock: NodeClock,
+}
+
+impl NodeHost {
+    /// Starts every shard replica placed on `node_id` and bootstraps the
+    /// shard groups this node is the first replica of.
+    pub async fn start(
+        node_id: NodeId,
+        settings: ClusterSettings,
+        engine: Arc<dyn StorageEngine>,
+        clock: NodeClock,
+    ) -> Result<Arc<NodeHost>, ShardsError> {
+        settings.validate()?;
+        if !settings.nodes.contains_key(&node_id) {
+            return Err(ShardsError::InvalidSettings(format!(
+                "node id {node_id} is not among the cluster's nodes {:?}; add it with --peer {node_id}=ADDRESS",
+                settings.nodes.keys().collect::<Vec<_>>()
+            )));
+        }
+        let raft_config = Arc::new(settings.openraft_config()?);
+        let map = settings.shard_map();
+        let channels = PeerChannels::default();
+        let transport_settings = Arc::new(TransportSettings {
+            node_id,
+            settings_digest: settings.digest(),
+            snapshot_timeout: Duration::from_millis(settings.raft.snapshot_send_timeout_ms),
+            message_bytes_max: settings.message_bytes_max,
+        });
+
+        let registry = ShardRegistry::default();
+        let mut replicas = BTreeMap::new();
+        for shard in map.shards_on(node_id) {
+            let replica = start_replica(
+                node_id,
+                shard,
+                &settings,
+                raft_config.clone(),
+                engine.clone(),
+                channels.clone(),
+                transport_settings.clone(),
+            )
+            .await?;
+            registry.insert(shard, replica.raft.clone());
+            replicas.insert(shard, replica);
+        }
+        tracing::info!(
+            node = node_id,
+            shards = replicas.len(),
+            "started shard replicas"
+        );
+
+        let host = Arc::new(NodeHost {
+            node_id,
+            settings: Arc::new(settings),
+            map,
+            registry,
+            replicas,
+            channels,
+            transport_settings,
+            clock,
+        });
+        host.bootstrap().await;
+        Ok(host)
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn shard_map(&self) -> &ShardMap {
+        &self.map
+    }
+
+    /// Returns the server side of the Raft transport for this node's shards.
+    pub fn transport_service(&self) -> TransportService {
+        TransportService::new(self.registry.clone(), self.transport_settings.clone())
+    }
+
+    /// Returns the applied state of this node's replica of `shard`.
+    pub fn applied(&self, shard: ShardId) -> Option<AppliedHandle> {
+        self.replicas
+            .get(&shard)
+            .map(|replica| replica.applied.clone())
+    }
+
+    /// Returns this node's Raft member of `shard`.
+    pub fn raft(&self, shard: ShardId) -> Option<Raft> {
+        self.replicas
+            .get(&shard)
+            .map(|replica| replica.raft.clone())
+    }
+
+    async fn bootstrap(&self) {
+        for (shard, replica) in &self.replicas {
+            let replicas = self.map.replicas_of(*shard);
+            if replicas.first() != Some(&self.node_id) {
+                continue;
+            }
+            match replica.raft.is_initialized().await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::error!(node = self.node_id, shard, %error, "failed to read Raft state");
+                    continue;
+                }
+            }
+            let members: BTreeMap<NodeId, BasicNode> = replicas
+                .iter()
+                .map(|id| {
+                    (
+                        *id,
+                        BasicNode::new(self.map.address_of(*id).unwrap_or_default()),
+                    )
+                })
+                .collect();
+            match replica.raft.initialize(members).await {
+                Ok(()) => tracing::info!(
+                    node = self.node_id,
+                    shard,
+                    ?replicas,
+                    "bootstrapped shard group"
+                ),
+                Err(error) => {
+                    tracing::warn!(node = self.node_id, shard, %error, "shard group bootstrap skipped")
+                }
+            }
+        }
+    }
+
+    /// Replicates `command` through its shard and returns the result.
+    pub async fn propose(&self, request: ProposeRequest) -> Result<ProposeReply, ShardsError> {
+        let mut command = request.command.clone().ok_or_else(|| {
+            ShardsError::InvalidRequest(
+                "ProposeRequest.command is missing; set the command to replicate".into(),
+            )
+        })?;
+        let shard = self.map.shard_of_command(&command).ok_or_else(|| {
+            ShardsError::InvalidRequest(
+                "ProposeRequest.command.kind is missing; set one of the command kinds".into(),
+            )
+        })?;
+        let Some(replica) = self.replicas.get(&shard) else {
+            let target = self.map.replicas_of(shard)[0];
+            return self.forward_propose(target, request).await;
+        };
+
+        // The proposing node stamps appends; a client cannot choose its own
+        // server time.
+        if let Some(Kind::Append(append)) = command.kind.as_mut() {
+            append.proposer_time_ms = self.clock.now_ms();
+        }
+        let timeout = self.settings.propose_timeout();
+        let write = replica.raft.client_write(Request {
+            command: command.encode_to_vec(),
+        });
+        let outcome =
+            tokio::time::timeout(timeout, write)
+                .await
+                .map_err(|_| ShardsError::TimedOut {
+                    shard,
+                    timeout_ms: timeout.as_millis() as u64,
+                })?;
+
+        match outcome {
+            Ok(response) => {
+                let result =
+                    CommandResult::decode(response.data.result.as_slice()).map_err(|error| {
+                        ShardsError::Fatal {
+                            shard,
+                            message: format!("applied result does not decode: {error}"),
+                        }
+                    })?;
+                Ok(ProposeReply {
+                    result: Some(result),
+                    shard_id: shard,
+                    log_index: response.log_id.index,
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                match forward.leader_id {
+                    Some(leader) if leader != self.node_id => {
+                        self.forward_propose(leader, request).await
+                    }
+                    _ => Err(ShardsError::NoLeader { shard }),
+                }
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error))) => {
+                Err(ShardsError::Fatal {
+                    shard,
+                    message: error.to_string(),
+                })
+            }
+            Err(RaftError::Fatal(fatal)) => Err(ShardsError::Fatal {
+                shard,
+                message: fatal.to_string(),
+            }),
+        }
+    }
+
+    async fn forward_propose(
+        &self,
+        target: NodeId,
+        mut request: ProposeRequest,
+    ) -> Result<ProposeReply, ShardsError> {
+        if request.hops >= FORWARD_HOPS_MAX {
+            let shard = request
+                .command
+                .as_ref()
+                .and_then(|command| self.map.shard_of_command(command))
+                .unwrap_or_default();
+            return Err(ShardsError::NoLeader { shard });
+        }
+        request.hops += 1;
+        let mut client = self.client_for(target)?;
+        let reply =
+            tokio::time::timeout(self.settings.propose_timeout(), client.propose(request)).await;
+        self.unwrap_forwarded(target, reply)
+    }
+
+    fn client_for(
+        &self,
+        target: NodeId,
+    ) -> Result<NodeApiClient<tonic::transport::Channel>, ShardsError> {
+        let address = self.map.address_of(target).unwrap_or_default().to_string();
+        let channel =
+            self.channels
+                .channel(target, &address)
+                .map_err(|error| ShardsError::Forward {
+                    node: target,
+                    address: address.clone(),
+                    message: error.to_string(),
+                })?;
+        let limit = self.settings.message_bytes_max;
+        Ok(NodeApiClient::new(channel)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit))
+    }
+
+    fn unwrap_forwarded<T>(
+        &self,
+        target: NodeId,
+        reply: Result<Result<tonic::Response<T>, tonic::Status>, tokio::time::error::Elapsed>,
+    ) -> Result<T, ShardsError> {
+        let address = self.map.address_of(target).unwrap_or_default().to_string();
+        match reply {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(ShardsError::Remote {
+                node: target,
+                code: status.code(),
+                message: status.message().to_string(),
+            }),
+            Err(_) => Err(ShardsError::Forward {
+                node: target,
+                address,
+                message: format!("no reply within {} ms", self.settings.propose_timeout_ms),
+            }),
+        }
+    }
+
+    /// Reads a page of a conversation's history at the requested consistency.
+    pub async fn history(&self, request: HistoryRequest) -> Result<HistoryReply, ShardsError> {
+        let query = request.query.clone().ok_or_else(|| {
+            ShardsError::InvalidRequest(
+                "HistoryRequest.query is missing; set the conversation to read".into(),
+            )
+        })?;
+        let shard = self.map.shard_of(&query.conversation_id);
+        let consistency =
+            Consistency::try_from(request.consistency).unwrap_or(Consistency::Unspecified);
+
+        match consistency {
+            Consistency::Unspecified => Err(ShardsError::InvalidRequest(format!(
+                "HistoryRequest.consistency is {}; set CONSISTENCY_LINEARIZABLE or CONSISTENCY_LOCAL",
+                request.consistency
+            ))),
+            Consistency::Linearizable => self.linearizable_history(shard, request, &query).await,
+            Consistency::Local => {
+                let Some(replica) = self.replicas.get(&shard) else {
+                    return Err(ShardsError::InvalidRequest(format!(
+                        "node {} hosts no replica of shard {shard}, so it cannot serve a LOCAL read of \
+                         conversation {}; ask one of nodes {:?}",
+                        self.node_id,
+                        query.conversation_id,
+                        self.map.replicas_of(shard)
+                    )));
+                };
+                wait_applied(&replica.applied, request.min_applied_index, shard).await?;
+                self.read_local(shard, replica, &query)
+            }
+        }
+    }
+
+    async fn linearizable_history(
+        &self,
+        shard: ShardId,
+        mut request: HistoryRequest,
+        query: &HistoryQuery,
+    ) -> Result<HistoryReply, ShardsError> {
+        let Some(replica) = self.replicas.get(&shard) else {
+            let target = self.map.replicas_of(shard)[0];
+            return self.forward_history(target, request).await;
+        };
+        let timeout = self.settings.propose_timeout();
+        let check = tokio::time::timeout(timeout, replica.raft.ensure_linearizable())
+            .await
+            .map_err(|_| ShardsError::TimedOut {
+                shard,
+                timeout_ms: timeout.as_millis() as u64,
+            })?;
+        match check {
+            Ok(_) => self.read_local(shard, replica, query),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                forward,
+            ))) => match forward.leader_id {
+                Some(leader) if leader != self.node_id && request.hops < FORWARD_HOPS_MAX => {
+                    request.hops += 1;
+                    self.forward_history(leader, request).await
+                }
+                _ => Err(ShardsError::NoLeader { shard }),
+            },
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(ShardsError::NoLeader { shard })
+            }
+            Err(RaftError::Fatal(fatal)) => Err(ShardsError::Fatal {
+                shard,
+                message: fatal.to_string(),
+            }),
+        }
+    }
+
+    async fn forward_history(
+        &self,
+        target: NodeId,
+        mut request: HistoryRequest,
+    ) -> Result<HistoryReply, ShardsError> {
+        if request.hops >= FORWARD_HOPS_MAX {
+            return Err(ShardsError::InvalidRequest(
+                "history request forwarded too many times".into(),
+            ));
+        }
+        request.hops += 1;
+        let mut client = self.client_for(target)?;
+        let reply =
+            tokio::time::timeout(self.settings.propose_timeout(), client.history(request)).await;
+        self.unwrap_forwarded(target, reply)
+    }
+
+    fn read_local(
+        &self,
+        shard: ShardId,
+        replica: &Replica,
+        query: &HistoryQuery,
+    ) -> Result<HistoryReply, ShardsError> {
+        let applied = replica.applied.read();
+        let applied_index = applied.last_applied.map_or(0, |log_id| log_id.index);
+        let page = applied
+            .state
+            .history(query)
+            .map_err(|rejection| ShardsError::Rejected {
+                code: RejectionCode::try_from(rejection.code).unwrap_or(RejectionCode::Unspecified),
+                message: rejection.message,
+            })?;
+        Ok(HistoryReply {
+            page: Some(page),
+            shard_id: shard,
+            applied_index,
+            node_id: self.node_id,
+        })
+    }
+
+    /// Reports every replica on this node.
+    pub fn status(&self, include_digests: bool) -> StatusReply {
+        let shards = self
+            .replicas
+            .iter()
+            .map(|(shard, replica)| shard_status(*shard, replica, include_digests))
+            .collect();
+        StatusReply {
+            node_id: self.node_id,
+            shards,
+            shard_count: self.map.shard_count(),
+        }
+    }
+
+    /// Stops every Raft member on this node.
+    pub async fn shutdown(&self) {
+        for (shard, replica) in &self.replicas {
+            if let Err(error) = replica.raft.shutdown().await {
+                tracing::warn!(node = self.node_id, shard, %error, "Raft member did not stop cleanly");
+            }
+        }
+        tracing::info!(node = self.node_id, "stopped shard replicas");
+    }
+}
+
+async fn start_replica(
+    node_id: NodeId,
+    shard: ShardId,
+    settings: &ClusterSettings,
+    raft_config: Arc<openraft::Config>,
+    engine: Arc<dyn StorageEngine>,
+    channels: PeerChannels,
+    transport_settings: Arc<TransportSettings>,
+) -> Result<Replica, ShardsError> {
+    let log_store = LogStore::new(shard, engine.clone());
+    let state_machine = ShardStateMachine::open(shard, engine, settings.limits.clone())
+        .map_err(|error| ShardsError::Storage(error.to_string()))?;
+    let applied = state_machine.handle();
+    let network = NetworkFactory::new(shard, channels, transport_settings);
+
+    let raft = Raft::new(node_id, raft_config, network, log_store, state_machine)
+        .await
+        .map_err(|error| ShardsError::Fatal {
+            shard,
+            message: error.to_string(),
+        })?;
+    Ok(Replica { raft, applied })
+}
+
+async fn wait_applied(
+    applied: &AppliedHandle,
+    index: u64,
+    shard: ShardId,
+) -> Result<(), ShardsError> {
+    let mut receiver = applied.subscribe_applied_index();
+    let outcome = {
+        let wait = receiver.wait_for(|applied_index| *applied_index >= index);
+        tokio::time::timeout(LOCAL_READ_WAIT, wait)
+            .await
+            .map(|result| result.is_ok())
+    };
+    match outcome {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ShardsError::Fatal {
+            shard,
+            message: "state machine stopped".into(),
+        }),
+        Err(_) => Err(ShardsError::TimedOut {
+            shard,
+            timeout_ms: LOCAL_READ_WAIT.as_millis() as u64,
+        }),
+    }
+}
+
+fn shard_status(shard: ShardId, replica: &Replica, include_digests: bool) -> ShardStatus {
+    let metrics = replica.raft.metrics().borrow().clone();
+    let replicas: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+    let state_digest = if include_digests {
+        hex::encode(replica.applied.read().state.digest())
+    } else {
+        String::new()
+    };
+    ShardStatus {
+        shard_id: shard,
+        role: format!("{:?}", metrics.state).to_lowercase(),
+        leader_id: metrics.current_leader.unwrap_or(0),
+        term: metrics.current_term,
+        last_log_index: metrics.last_log_index.unwrap_or(0),
+        last_applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
+        snapshot_index: metrics.snapshot.map_or(0, |log_id| log_id.index),
+        replicas: replicas.into_iter().collect(),
+        state_digest,
+    }
+}

@@ -1,0 +1,147 @@
+//! Settings of a node and of the cluster it belongs to.
+//!
+//! Cluster settings (shard count, nodes, state machine limits, Raft timing)
+//! must be identical on every node, because replicas of a shard apply the
+//! same log and must reach the same state. Their digest travels with every
+//! Raft call and is checked by the receiver.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use parley_core::Limits;
+use parley_raft::NodeId;
+use sha2::{Digest, Sha256};
+
+use crate::error::ShardsError;
+use crate::shard_map::{ShardMap, REPLICAS_PER_SHARD};
+
+/// Raft timing and log retention, shared by every shard group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftTiming {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms_min: u64,
+    pub election_timeout_ms_max: u64,
+    /// A replica snapshots after this many entries since its last snapshot.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind a snapshot, for slightly lagging peers.
+    pub entries_kept_after_snapshot: u64,
+    /// Largest number of entries in one AppendEntries call.
+    pub append_entries_max: u64,
+    /// Deadline for sending a whole snapshot to a lagging replica.
+    pub snapshot_send_timeout_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_interval_ms: 100,
+            election_timeout_ms_min: 400,
+            election_timeout_ms_max: 800,
+            snapshot_after_entries: 5_000,
+            entries_kept_after_snapshot: 1_000,
+            append_entries_max: 64,
+            snapshot_send_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Everything every node of a cluster must agree on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSettings {
+    pub shard_count: u32,
+    pub nodes: BTreeMap<NodeId, String>,
+    pub limits: Limits,
+    pub raft: RaftTiming,
+    /// Largest gRPC message between nodes, in bytes.
+    pub message_bytes_max: usize,
+    /// Deadline for a proposal to commit, including forwarding.
+    pub propose_timeout_ms: u64,
+}
+
+impl ClusterSettings {
+    /// Returns settings for `nodes` with `shard_count` shards and defaults
+    /// for everything else.
+    pub fn new(shard_count: u32, nodes: BTreeMap<NodeId, String>) -> Self {
+        ClusterSettings {
+            shard_count,
+            nodes,
+            limits: Limits::default(),
+            raft: RaftTiming::default(),
+            message_bytes_max: 64 * 1024 * 1024,
+            propose_timeout_ms: 5_000,
+        }
+    }
+
+    /// Checks the settings and names the first invalid value and its fix.
+    pub fn validate(&self) -> Result<(), ShardsError> {
+        if self.shard_count == 0 || self.shard_count > 4096 {
+            return Err(ShardsError::InvalidSettings(format!(
+                "shard_count is {}; set it between 1 and 4096",
+                self.shard_count
+            )));
+        }
+        if self.nodes.len() < REPLICAS_PER_SHARD {
+            return Err(ShardsError::InvalidSettings(format!(
+                "the cluster lists {} node(s); list at least {REPLICAS_PER_SHARD} with --peer ID=ADDRESS",
+                self.nodes.len()
+            )));
+        }
+        if let Some(id) = self.nodes.keys().find(|id| **id == 0) {
+            return Err(ShardsError::InvalidSettings(format!(
+                "node id {id} is reserved; number nodes from 1"
+            )));
+        }
+        let raft = &self.raft;
+        if raft.election_timeout_ms_min <= raft.heartbeat_interval_ms
+            || raft.election_timeout_ms_max <= raft.election_timeout_ms_min
+        {
+            return Err(ShardsError::InvalidSettings(format!(
+                "Raft timing heartbeat {} ms, election {}..{} ms is invalid; the heartbeat must be \
+                 shorter than the minimum election timeout, which must be below the maximum",
+                raft.heartbeat_interval_ms, raft.election_timeout_ms_min, raft.election_timeout_ms_max
+            )));
+        }
+        self.limits
+            .validate()
+            .map_err(|error| ShardsError::InvalidSettings(error.to_string()))
+    }
+
+    pub fn shard_map(&self) -> ShardMap {
+        ShardMap::new(self.shard_count, self.nodes.clone())
+    }
+
+    /// Returns a digest of every setting replicas must agree on.
+    pub fn digest(&self) -> u64 {
+        let canonical = format!(
+            "shards={};nodes={:?};limits={:?};raft={:?};message_bytes_max={}",
+            self.shard_count, self.nodes, self.limits, self.raft, self.message_bytes_max
+        );
+        let hash = Sha256::digest(canonical.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&hash[..8]);
+        u64::from_be_bytes(first)
+    }
+
+    /// Returns openraft's configuration for every shard group.
+    pub fn openraft_config(&self) -> Result<openraft::Config, ShardsError> {
+        let raft = &self.raft;
+        let config = openraft::Config {
+            cluster_name: "parley".to_string(),
+            heartbeat_interval: raft.heartbeat_interval_ms,
+            election_timeout_min: raft.election_timeout_ms_min,
+            election_timeout_max: raft.election_timeout_ms_max,
+            max_payload_entries: raft.append_entries_max,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(raft.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: raft.entries_kept_after_snapshot,
+            install_snapshot_timeout: raft.snapshot_send_timeout_ms,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map_err(|error| ShardsError::InvalidSettings(format!("Raft settings: {error}")))
+    }
+
+    pub fn propose_timeout(&self) -> Duration {
+        Duration::from_millis(self.propose_timeout_ms)
+    }
+}
