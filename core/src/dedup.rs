@@ -1,9 +1,9 @@
 //! `DedupWindow`: the most recent client message ids of one sender device in
 //! one conversation, which make append retries idempotent.
 //!
-//! Invariants: entries are in append order (so their seqs strictly increase),
-//! a client message id appears at most once, and the index always matches the
-//! entry list.
+//! Invariants: a client message id appears at most once, and the index always
+//! matches the entry list. Entries stay in insertion order. Callers insert in
+//! append order, so seqs increase, which `ShardState::validate` checks.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -22,7 +22,9 @@ impl DedupWindow {
         let mut window = Self::default();
 
         for (client_message_id, seq) in entries {
-            let previous = window.seq_by_client_id.insert(client_message_id.clone(), seq);
+            let previous = window
+                .seq_by_client_id
+                .insert(client_message_id.clone(), seq);
             if previous.is_some() {
                 return None;
             }
@@ -37,12 +39,15 @@ impl DedupWindow {
     }
 
     /// Records a newly appended message and evicts the oldest entries beyond
-    /// `capacity`.
+    /// `capacity`. The caller must first check with `seq_of` that the id is
+    /// not in the window, because a second entry would break the index.
     pub(crate) fn remember(&mut self, client_message_id: String, seq: u64, capacity: usize) {
+        debug_assert_eq!(self.seq_of(&client_message_id), None);
+
         self.seq_by_client_id.insert(client_message_id.clone(), seq);
         self.entries.push_back((client_message_id, seq));
 
-        while self.entries.len() > capacity + 1 {
+        while self.entries.len() > capacity {
             if let Some((evicted, _)) = self.entries.pop_front() {
                 self.seq_by_client_id.remove(&evicted);
             }

@@ -31,10 +31,13 @@ pub enum CoreError {
     )]
     UnsupportedSnapshotFormat { found: u32, supported: u32 },
 
-    /// The state breaks an invariant that `apply` keeps. From a decoded
-    /// snapshot this means the snapshot is corrupt. From a live state it means
-    /// a bug in parley-core.
-    #[error("state invariant violated: {detail}")]
+    /// The state breaks an invariant that `apply` keeps. `decode_snapshot`
+    /// reports this as `CorruptSnapshot`, so on a live state it means a bug in
+    /// parley-core.
+    #[error(
+        "state invariant violated: {detail}; this is a bug in parley-core, so report it \
+         with the command log that produced the state"
+    )]
     InvariantViolated { detail: String },
 }
 

@@ -103,7 +103,13 @@ impl ShardState {
                 Some(previous) => conversation.messages[previous].server_time_ms,
                 None => 0,
             };
-            validate_message(conversation_id, index, message, previous_time_ms, &self.limits)?;
+            validate_message(
+                conversation_id,
+                index,
+                message,
+                previous_time_ms,
+                &self.limits,
+            )?;
         }
 
         match conversation.dedup_window(user_id, device_id) {
@@ -172,7 +178,13 @@ fn validate_conversation(
 
     for (device_id, seq) in &conversation.delivered {
         validate_id("device id", device_id, limits)?;
-        validate_watermark(conversation_id, "delivered", device_id, Some(*seq), conversation)?;
+        validate_watermark(
+            conversation_id,
+            "delivered",
+            device_id,
+            Some(*seq),
+            conversation,
+        )?;
     }
     for (user_id, seq) in &conversation.read {
         validate_id("user id", user_id, limits)?;
@@ -276,7 +288,11 @@ fn validate_dedup_windows(
 
             let sent = seqs_by_sender.get(&sender).map_or(&[][..], Vec::as_slice);
             let expected = &sent[sent.len().saturating_sub(limits.dedup_window_per_device)..];
-            if !window.entries().map(|(_, seq)| seq).eq(expected.iter().copied()) {
+            if !window
+                .entries()
+                .map(|(_, seq)| seq)
+                .eq(expected.iter().copied())
+            {
                 return Err(CoreError::invariant(format!(
                     "conversation {} dedup window of sender {}/{} does not list the \
                      latest {} messages of that device",
@@ -368,13 +384,13 @@ fn validate_watermark(
     Ok(())
 }
 
-fn validate_id(what: &str, value: &str, limits: &Limits) -> Result<(), CoreError> {
+fn validate_id(id_kind: &str, value: &str, limits: &Limits) -> Result<(), CoreError> {
     if is_valid_id(value, limits) {
         return Ok(());
     }
 
     Err(CoreError::invariant(format!(
-        "invalid {what} {}: ids must be 1 to {} bytes of ASCII letters, digits, \
+        "invalid {id_kind} {}: ids must be 1 to {} bytes of ASCII letters, digits, \
          '-', '_', '.' or ':'",
         quote(value),
         limits.id_bytes_max

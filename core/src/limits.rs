@@ -49,8 +49,16 @@ impl Limits {
     pub fn validate(&self) -> Result<(), CoreError> {
         let defaults = Self::default();
         let positive = [
-            ("group_members_max", self.group_members_max, defaults.group_members_max),
-            ("body_bytes_max", self.body_bytes_max, defaults.body_bytes_max),
+            (
+                "group_members_max",
+                self.group_members_max,
+                defaults.group_members_max,
+            ),
+            (
+                "body_bytes_max",
+                self.body_bytes_max,
+                defaults.body_bytes_max,
+            ),
             (
                 "dedup_window_per_device",
                 self.dedup_window_per_device,
@@ -67,7 +75,11 @@ impl Limits {
                 self.devices_per_user_max,
                 defaults.devices_per_user_max,
             ),
-            ("history_page_max", self.history_page_max, defaults.history_page_max),
+            (
+                "history_page_max",
+                self.history_page_max,
+                defaults.history_page_max,
+            ),
         ];
         for (field, value, default) in positive {
             if value == 0 {
@@ -126,6 +138,24 @@ mod tests {
     }
 
     #[test]
+    fn try_new_rejects_invalid_limits() {
+        let limits = Limits {
+            history_page_max: 0,
+            ..Limits::default()
+        };
+
+        let result = crate::ShardState::try_new(limits);
+
+        assert!(matches!(
+            result,
+            Err(CoreError::InvalidLimit {
+                field: "history_page_max",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn members_per_command_above_group_max_is_rejected() {
         let limits = Limits {
             group_members_max: 10,
@@ -138,7 +168,10 @@ mod tests {
             Ok(()) => panic!("members_per_command_max above group_members_max must be rejected"),
         };
 
-        assert!(message.contains("members_per_command_max = 11"), "{message}");
+        assert!(
+            message.contains("members_per_command_max = 11"),
+            "{message}"
+        );
         assert!(message.contains("group_members_max = 10"), "{message}");
     }
 }

@@ -26,7 +26,11 @@ impl ShardState {
     /// two users, in either order, returns the same result.
     pub(crate) fn create_direct(&mut self, command: &CreateDirect) -> Result<Outcome, Rejection> {
         let limits = &self.limits;
-        check_id("create_direct.conversation_id", &command.conversation_id, limits)?;
+        check_id(
+            "create_direct.conversation_id",
+            &command.conversation_id,
+            limits,
+        )?;
         check_id("create_direct.user_a", &command.user_a, limits)?;
         check_id("create_direct.user_b", &command.user_b, limits)?;
 
@@ -57,10 +61,18 @@ impl ShardState {
     }
 
     /// Creates a group of the creator and the listed members.
+    ///
+    /// Unlike CreateDirect this is not idempotent: a retry of a committed
+    /// CreateGroup is rejected with CONVERSATION_EXISTS. A caller that retries
+    /// must treat that code as possible success and compare `members`.
     pub(crate) fn create_group(&mut self, command: &CreateGroup) -> Result<Outcome, Rejection> {
         let limits = &self.limits;
         check_item_count("create_group.members", command.members.len(), limits)?;
-        check_id("create_group.conversation_id", &command.conversation_id, limits)?;
+        check_id(
+            "create_group.conversation_id",
+            &command.conversation_id,
+            limits,
+        )?;
         check_id("create_group.creator", &command.creator, limits)?;
         check_ids("create_group.members", &command.members, limits)?;
 
@@ -84,7 +96,11 @@ impl ShardState {
     pub(crate) fn add_members(&mut self, command: &AddMembers) -> Result<Outcome, Rejection> {
         let limits = &self.limits;
         check_item_count("add_members.users", command.users.len(), limits)?;
-        check_id("add_members.conversation_id", &command.conversation_id, limits)?;
+        check_id(
+            "add_members.conversation_id",
+            &command.conversation_id,
+            limits,
+        )?;
         check_id("add_members.actor", &command.actor, limits)?;
         check_ids("add_members.users", &command.users, limits)?;
 
@@ -92,7 +108,11 @@ impl ShardState {
             .conversations
             .get_mut(&command.conversation_id)
             .ok_or_else(|| unknown_conversation(&command.conversation_id))?;
-        conversation.check_member(&command.conversation_id, "add_members.actor", &command.actor)?;
+        conversation.check_member(
+            &command.conversation_id,
+            "add_members.actor",
+            &command.actor,
+        )?;
         check_group(&command.conversation_id, conversation)?;
 
         let added: BTreeSet<String> = command
@@ -118,7 +138,11 @@ impl ShardState {
     /// still applies if the user is added again.
     pub(crate) fn remove_member(&mut self, command: &RemoveMember) -> Result<Outcome, Rejection> {
         let limits = &self.limits;
-        check_id("remove_member.conversation_id", &command.conversation_id, limits)?;
+        check_id(
+            "remove_member.conversation_id",
+            &command.conversation_id,
+            limits,
+        )?;
         check_id("remove_member.actor", &command.actor, limits)?;
         check_id("remove_member.user", &command.user, limits)?;
 

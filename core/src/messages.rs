@@ -33,7 +33,11 @@ impl ShardState {
         check_id("append.conversation_id", &command.conversation_id, limits)?;
         check_id("append.sender_user", &command.sender_user, limits)?;
         check_id("append.sender_device", &command.sender_device, limits)?;
-        check_id("append.client_message_id", &command.client_message_id, limits)?;
+        check_id(
+            "append.client_message_id",
+            &command.client_message_id,
+            limits,
+        )?;
 
         let conversation = self
             .conversations
@@ -95,7 +99,11 @@ impl ShardState {
     /// and larger limits are cut to it. A page that starts past the last seq
     /// is empty. The page always carries the conversation's `last_seq`.
     pub fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, Rejection> {
-        check_id("history.conversation_id", &query.conversation_id, &self.limits)?;
+        check_id(
+            "history.conversation_id",
+            &query.conversation_id,
+            &self.limits,
+        )?;
         check_id("history.reader", &query.reader, &self.limits)?;
 
         let conversation = self

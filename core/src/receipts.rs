@@ -21,7 +21,11 @@ use crate::state::{unknown_conversation, Conversation, ShardState};
 impl ShardState {
     pub(crate) fn mark_delivered(&mut self, command: &MarkDelivered) -> Result<Outcome, Rejection> {
         let limits = &self.limits;
-        check_id("mark_delivered.conversation_id", &command.conversation_id, limits)?;
+        check_id(
+            "mark_delivered.conversation_id",
+            &command.conversation_id,
+            limits,
+        )?;
         check_id("mark_delivered.user_id", &command.user_id, limits)?;
         check_id("mark_delivered.device_id", &command.device_id, limits)?;
 
@@ -47,7 +51,11 @@ impl ShardState {
 
     pub(crate) fn mark_read(&mut self, command: &MarkRead) -> Result<Outcome, Rejection> {
         let limits = &self.limits;
-        check_id("mark_read.conversation_id", &command.conversation_id, limits)?;
+        check_id(
+            "mark_read.conversation_id",
+            &command.conversation_id,
+            limits,
+        )?;
         check_id("mark_read.user_id", &command.user_id, limits)?;
 
         let conversation = self

@@ -17,7 +17,7 @@ use crate::proto::command::Kind;
 use crate::proto::command_result::Outcome;
 use crate::proto::{Command, CommandResult, Rejection, RejectionCode, StoredMessage};
 use crate::rejection::{into_result, reject};
-use crate::COMMAND_VERSION;
+use crate::{CoreError, COMMAND_VERSION};
 
 /// The replicated state of one shard: users with their devices, and
 /// conversations with their members, messages, dedup windows and receipts.
@@ -95,11 +95,14 @@ impl Conversation {
             return Ok(());
         }
 
+        let remedy = match self.kind {
+            ConversationKind::Direct => "the members of a direct conversation never change",
+            ConversationKind::Group => "a member must add the user with AddMembers first",
+        };
         Err(reject(
             RejectionCode::NotAMember,
             format!(
-                "{field} {} is not a member of conversation {}; \
-                 a member must add the user with AddMembers first",
+                "{field} {} is not a member of conversation {}; {remedy}",
                 quote(user_id),
                 quote(conversation_id)
             ),
@@ -110,8 +113,9 @@ impl Conversation {
 impl ShardState {
     /// Creates an empty state.
     ///
-    /// The limits are not checked here. Call [`Limits::validate`] first,
-    /// because `decode_snapshot` rejects snapshots whose limits are invalid.
+    /// Only debug builds check the limits here. Call [`Limits::validate`]
+    /// first or use [`ShardState::try_new`], because `decode_snapshot` rejects
+    /// snapshots whose limits are invalid.
     pub fn new(limits: Limits) -> Self {
         debug_assert_eq!(limits.validate(), Ok(()));
 
@@ -122,6 +126,14 @@ impl ShardState {
         }
     }
 
+    /// Creates an empty state after checking the limits with
+    /// [`Limits::validate`].
+    pub fn try_new(limits: Limits) -> Result<Self, CoreError> {
+        limits.validate()?;
+        Ok(Self::new(limits))
+    }
+
+    /// Returns the limits that this state applies commands with.
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
@@ -133,7 +145,7 @@ impl ShardState {
     pub fn apply(&mut self, command: &Command) -> CommandResult {
         let outcome = self.apply_command(command);
 
-        if false && outcome.is_ok() {
+        if cfg!(debug_assertions) && outcome.is_ok() {
             if let Err(error) = self.validate_touched_by(command) {
                 panic!("applying {command:?} broke an invariant: {error}");
             }

@@ -29,7 +29,11 @@ impl ShardState {
         command: &RegisterDevice,
     ) -> Result<Outcome, Rejection> {
         check_id("register_device.user_id", &command.user_id, &self.limits)?;
-        check_id("register_device.device_id", &command.device_id, &self.limits)?;
+        check_id(
+            "register_device.device_id",
+            &command.device_id,
+            &self.limits,
+        )?;
 
         let devices_max = self.limits.devices_per_user_max;
         let Some(devices) = self.users.get_mut(&command.user_id) else {
@@ -54,11 +58,11 @@ impl ShardState {
             return Err(reject(
                 RejectionCode::DeviceLimit,
                 format!(
-                    "user {} already has {} devices, the devices_per_user_max; device {} \
-                     was not registered, so reuse one of the registered device ids",
-                    quote(&command.user_id),
-                    devices.len(),
-                    quote(&command.device_id)
+                    "device {} was not registered because user {} already has \
+                     devices_per_user_max {devices_max} devices; reuse one of the user's \
+                     registered device ids",
+                    quote(&command.device_id),
+                    quote(&command.user_id)
                 ),
             ));
         }

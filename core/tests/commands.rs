@@ -73,7 +73,10 @@ fn create_direct_again_returns_same_result() {
 fn create_group_deduplicates_members() {
     let mut state = ShardState::new(Limits::default());
 
-    let outcome = apply_ok(&mut state, &create_group("g", "carol", &["bob", "carol", "bob"]));
+    let outcome = apply_ok(
+        &mut state,
+        &create_group("g", "carol", &["bob", "carol", "bob"]),
+    );
 
     assert_eq!(created(outcome).member_count, 2);
     assert_eq!(
@@ -86,7 +89,10 @@ fn create_group_deduplicates_members() {
 fn add_members_skips_existing_members() {
     let mut state = populated_state();
 
-    let outcome = apply_ok(&mut state, &add_members("team", "bob", &["erin", "carol", "dave"]));
+    let outcome = apply_ok(
+        &mut state,
+        &add_members("team", "bob", &["erin", "carol", "dave"]),
+    );
 
     let changed = members_changed(outcome);
     assert_eq!(changed.added, vec!["dave".to_owned(), "erin".to_owned()]);
@@ -99,7 +105,10 @@ fn add_members_already_present_changes_nothing() {
     let mut state = populated_state();
     let bytes = state.encode_snapshot();
 
-    let changed = members_changed(apply_ok(&mut state, &add_members("team", "bob", &["carol"])));
+    let changed = members_changed(apply_ok(
+        &mut state,
+        &add_members("team", "bob", &["carol"]),
+    ));
 
     assert!(changed.added.is_empty());
     assert_eq!(changed.member_count, 3);
@@ -150,7 +159,13 @@ fn appends_get_consecutive_seqs() {
 
     let seqs: Vec<u64> = ["m1", "m2", "m3"]
         .iter()
-        .map(|id| appended(apply_ok(&mut state, &append("team", "bob", "bob-pc", id, 5))).seq)
+        .map(|id| {
+            appended(apply_ok(
+                &mut state,
+                &append("team", "bob", "bob-pc", id, 5),
+            ))
+            .seq
+        })
         .collect();
 
     assert_eq!(seqs, vec![1, 2, 3]);
@@ -162,11 +177,17 @@ fn appends_get_consecutive_seqs() {
 #[test]
 fn append_retry_returns_original_seq() {
     let mut state = populated_state();
-    let original = appended(apply_ok(&mut state, &append("dm", "alice", "phone", "m1", 10)));
+    let original = appended(apply_ok(
+        &mut state,
+        &append("dm", "alice", "phone", "m1", 10),
+    ));
     apply_ok(&mut state, &append("dm", "bob", "laptop", "m1", 20));
     let bytes = state.encode_snapshot();
 
-    let retry = appended(apply_ok(&mut state, &append("dm", "alice", "phone", "m1", 30)));
+    let retry = appended(apply_ok(
+        &mut state,
+        &append("dm", "alice", "phone", "m1", 30),
+    ));
 
     assert!(!original.duplicate);
     assert!(retry.duplicate);
@@ -181,7 +202,10 @@ fn append_retry_after_removal_returns_original_seq() {
     apply_ok(&mut state, &append("team", "carol", "carol-pc", "m1", 10));
     apply_ok(&mut state, &remove_member("team", "alice", "carol"));
 
-    let retry = appended(apply_ok(&mut state, &append("team", "carol", "carol-pc", "m1", 11)));
+    let retry = appended(apply_ok(
+        &mut state,
+        &append("team", "carol", "carol-pc", "m1", 11),
+    ));
 
     assert!(retry.duplicate);
     assert_eq!(retry.seq, 1);
@@ -199,8 +223,14 @@ fn append_retry_older_than_window_appends_again() {
         apply_ok(&mut state, &append("dm", "alice", "phone", id, 1));
     }
 
-    let old_retry = appended(apply_ok(&mut state, &append("dm", "alice", "phone", "m1", 1)));
-    let recent_retry = appended(apply_ok(&mut state, &append("dm", "alice", "phone", "m3", 1)));
+    let old_retry = appended(apply_ok(
+        &mut state,
+        &append("dm", "alice", "phone", "m1", 1),
+    ));
+    let recent_retry = appended(apply_ok(
+        &mut state,
+        &append("dm", "alice", "phone", "m3", 1),
+    ));
 
     assert!(!old_retry.duplicate);
     assert_eq!(old_retry.seq, 4);
@@ -212,12 +242,23 @@ fn append_retry_older_than_window_appends_again() {
 fn dedup_is_per_sender_and_conversation() {
     let mut state = populated_state();
     apply_ok(&mut state, &add_members("team", "alice", &["dave"]));
-    let first = appended(apply_ok(&mut state, &append("team", "alice", "phone", "m1", 1)));
+    let first = appended(apply_ok(
+        &mut state,
+        &append("team", "alice", "phone", "m1", 1),
+    ));
 
-    let other_device = appended(apply_ok(&mut state, &append("team", "alice", "pc", "m1", 1)));
-    let other_user = appended(apply_ok(&mut state, &append("team", "bob", "phone", "m1", 1)));
-    let other_conversation =
-        appended(apply_ok(&mut state, &append("dm", "alice", "phone", "m1", 1)));
+    let other_device = appended(apply_ok(
+        &mut state,
+        &append("team", "alice", "pc", "m1", 1),
+    ));
+    let other_user = appended(apply_ok(
+        &mut state,
+        &append("team", "bob", "phone", "m1", 1),
+    ));
+    let other_conversation = appended(apply_ok(
+        &mut state,
+        &append("dm", "alice", "phone", "m1", 1),
+    ));
 
     assert_eq!(first.seq, 1);
     assert!(!other_device.duplicate);
@@ -282,7 +323,10 @@ fn delivered_watermarks_are_per_device() {
 fn receipt_of_seq_zero_does_not_move() {
     let mut state = populated_state();
 
-    let outcome = receipt(apply_ok(&mut state, &mark_delivered("dm", "bob", "bob-pc", 0)));
+    let outcome = receipt(apply_ok(
+        &mut state,
+        &mark_delivered("dm", "bob", "bob-pc", 0),
+    ));
 
     assert!(!outcome.moved);
     assert_eq!(outcome.watermark, 0);
@@ -291,7 +335,10 @@ fn receipt_of_seq_zero_does_not_move() {
 #[test]
 fn history_returns_stored_messages() {
     let mut state = populated_state();
-    apply_ok(&mut state, &append_body("dm", "alice", "phone", "m1", b"ciphertext", 42));
+    apply_ok(
+        &mut state,
+        &append_body("dm", "alice", "phone", "m1", b"ciphertext", 42),
+    );
 
     let page = match state.history(&history_query("dm", "bob", 1, 10)) {
         Ok(page) => page,
@@ -319,13 +366,28 @@ fn history_pages_honour_from_seq_and_limit() {
     let mut state = ShardState::new(limits);
     apply_ok(&mut state, &create_direct("dm", "alice", "bob"));
     for id in 1..=5 {
-        apply_ok(&mut state, &append("dm", "alice", "phone", &format!("m{id}"), 1));
+        apply_ok(
+            &mut state,
+            &append("dm", "alice", "phone", &format!("m{id}"), 1),
+        );
     }
 
-    assert_eq!(page_seqs(&state, &history_query("dm", "bob", 0, 2)), vec![1, 2]);
-    assert_eq!(page_seqs(&state, &history_query("dm", "bob", 2, 0)), vec![2, 3, 4]);
-    assert_eq!(page_seqs(&state, &history_query("dm", "bob", 4, 100)), vec![4, 5]);
-    assert_eq!(page_seqs(&state, &history_query("dm", "bob", 2, u32::MAX)), vec![2, 3, 4]);
+    assert_eq!(
+        page_seqs(&state, &history_query("dm", "bob", 0, 2)),
+        vec![1, 2]
+    );
+    assert_eq!(
+        page_seqs(&state, &history_query("dm", "bob", 2, 0)),
+        vec![2, 3, 4]
+    );
+    assert_eq!(
+        page_seqs(&state, &history_query("dm", "bob", 4, 100)),
+        vec![4, 5]
+    );
+    assert_eq!(
+        page_seqs(&state, &history_query("dm", "bob", 2, u32::MAX)),
+        vec![2, 3, 4]
+    );
     assert!(page_seqs(&state, &history_query("dm", "bob", 6, 0)).is_empty());
     assert!(page_seqs(&state, &history_query("dm", "bob", u64::MAX, 0)).is_empty());
 }
@@ -348,7 +410,10 @@ fn queries_return_sorted_ids() {
     }
 
     assert_eq!(state.conversation_ids(), vec!["alpha", "mid", "zeta"]);
-    assert_eq!(state.members("mid"), Some(vec!["adam".to_owned(), "zoe".to_owned()]));
+    assert_eq!(
+        state.members("mid"),
+        Some(vec!["adam".to_owned(), "zoe".to_owned()])
+    );
     assert_eq!(state.members("nope"), None);
     assert_eq!(state.devices("nope"), None);
 }

@@ -174,16 +174,21 @@ fn build_command(op: Op) -> Command {
             actor: user(actor),
             user: user(u),
         }),
-        Op::Append { conversation: c, user: u, device, client_id, body_bytes, time_ms } => {
-            Kind::Append(Append {
-                conversation_id: conversation(c),
-                sender_user: user(u),
-                sender_device: DEVICES[device].to_owned(),
-                client_message_id: CLIENT_IDS[client_id].to_owned(),
-                body: vec![0xab; body_bytes],
-                proposer_time_ms: time_ms,
-            })
-        }
+        Op::Append {
+            conversation: c,
+            user: u,
+            device,
+            client_id,
+            body_bytes,
+            time_ms,
+        } => Kind::Append(Append {
+            conversation_id: conversation(c),
+            sender_user: user(u),
+            sender_device: DEVICES[device].to_owned(),
+            client_message_id: CLIENT_IDS[client_id].to_owned(),
+            body: vec![0xab; body_bytes],
+            proposer_time_ms: time_ms,
+        }),
         Op::MarkDelivered(c, u, d, seq) => Kind::MarkDelivered(MarkDelivered {
             conversation_id: conversation(c),
             user_id: user(u),
@@ -250,7 +255,9 @@ impl AppendModel {
             .times_by_conversation
             .entry(append.conversation_id.clone())
             .or_default();
-        let time = append.proposer_time_ms.max(times.last().copied().unwrap_or(0));
+        let time = append
+            .proposer_time_ms
+            .max(times.last().copied().unwrap_or(0));
         times.push(time);
         let seq = times.len() as u64;
 
@@ -298,7 +305,11 @@ fn check_append(
             server_time_ms: model.time_of(&append.conversation_id, seq),
             duplicate: true,
         };
-        assert_eq!(result.outcome, Some(Outcome::Appended(expected)), "retry of {append:?}");
+        assert_eq!(
+            result.outcome,
+            Some(Outcome::Appended(expected)),
+            "retry of {append:?}"
+        );
         return;
     }
 
@@ -316,7 +327,11 @@ fn check_append(
             server_time_ms,
             duplicate: false,
         };
-        assert_eq!(result.outcome, Some(Outcome::Appended(expected)), "{append:?}");
+        assert_eq!(
+            result.outcome,
+            Some(Outcome::Appended(expected)),
+            "{append:?}"
+        );
     }
 }
 
@@ -360,7 +375,10 @@ fn check_result(
     model: &mut AppendModel,
 ) {
     if command.version != parley_core::COMMAND_VERSION {
-        assert_eq!(rejection_code(result), Some(RejectionCode::UnsupportedVersion));
+        assert_eq!(
+            rejection_code(result),
+            Some(RejectionCode::UnsupportedVersion)
+        );
         return;
     }
 
@@ -369,7 +387,10 @@ fn check_result(
         Some(kind) if mentions_invalid_id(kind) => {
             let code = rejection_code(result);
             assert!(
-                matches!(code, Some(RejectionCode::InvalidId | RejectionCode::TooManyItems)),
+                matches!(
+                    code,
+                    Some(RejectionCode::InvalidId | RejectionCode::TooManyItems)
+                ),
                 "{code:?}"
             );
         }
@@ -398,32 +419,38 @@ fn mentions_invalid_id(kind: &Kind) -> bool {
     format!("{kind:?}").contains(INVALID_ID)
 }
 
-/// Every watermark the log can touch, keyed by (conversation, device or
-/// user), read from `state`.
-fn watermarks(state: &ShardState) -> BTreeMap<(String, String), (u64, u64)> {
+/// Collects every watermark the log can touch, keyed by (watermark kind,
+/// conversation, device or user id).
+fn watermarks(state: &ShardState) -> BTreeMap<(&'static str, &'static str, &'static str), u64> {
     let mut all = BTreeMap::new();
     for conversation_id in CONVERSATIONS {
         for device_id in DEVICES {
             let seq = state.delivered_watermark(conversation_id, device_id);
-            all.insert((conversation_id.to_owned(), device_id.to_owned()), (seq, 0));
+            all.insert(("delivered", conversation_id, device_id), seq);
         }
         for user_id in USERS {
             let seq = state.read_watermark(conversation_id, user_id);
-            all.insert((conversation_id.to_owned(), user_id.to_owned()), (0, seq));
+            all.insert(("read", conversation_id, user_id), seq);
         }
     }
     all
 }
 
-/// Checks that watermarks did not decrease and do not exceed last_seq.
+/// Checks that no watermark decreased and none exceeds its last_seq.
 fn check_watermarks(before: &ShardState, after: &ShardState) {
     let previous = watermarks(before);
-    for (key, current) in watermarks(after) {
-        let (conversation_id, id) = &key;
+    for (key, seq) in watermarks(after) {
+        let (_, conversation_id, _) = key;
         let last_seq = after.last_seq(conversation_id).unwrap_or(0);
-        assert!(current.0 >= previous[&key].0, "delivered watermark of {id} regressed");
-        assert!(current.1 >= previous[&key].1, "read watermark of {id} regressed");
-        assert!(current.0 <= last_seq && current.1 <= last_seq, "{key:?} beyond {last_seq}");
+        assert!(
+            seq >= previous[&key],
+            "{key:?} regressed from {}",
+            previous[&key]
+        );
+        assert!(
+            seq <= last_seq,
+            "{key:?} is {seq}, beyond last_seq {last_seq}"
+        );
     }
 }
 
@@ -433,10 +460,18 @@ fn check_watermarks(before: &ShardState, after: &ShardState) {
 fn check_history(state: &ShardState, model: &AppendModel) {
     for conversation_id in state.conversation_ids() {
         let last_seq = state.last_seq(&conversation_id).unwrap_or(0);
-        let modeled = model.times_by_conversation.get(&conversation_id).cloned().unwrap_or_default();
+        let modeled = model
+            .times_by_conversation
+            .get(&conversation_id)
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(last_seq, modeled.len() as u64, "{conversation_id}");
 
-        let Some(reader) = state.members(&conversation_id).unwrap_or_default().first().cloned()
+        let Some(reader) = state
+            .members(&conversation_id)
+            .unwrap_or_default()
+            .first()
+            .cloned()
         else {
             continue;
         };
@@ -486,7 +521,7 @@ proptest! {
                 prop_assert!(state.encode_snapshot() == before_bytes, "{:?} changed state", command);
             }
             check_watermarks(&before, &state);
-
+            prop_assert_eq!(state.validate(), Ok(()));
         }
 
         check_history(&state, &model);

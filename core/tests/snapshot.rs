@@ -11,8 +11,8 @@ use parley_core::{CoreError, Limits, ShardState, SNAPSHOT_FORMAT_VERSION};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-/// A state with messages from several devices, receipts and a dedup window
-/// that has already evicted entries.
+/// Builds a state with messages from several devices, receipts and a dedup
+/// window that has already evicted entries.
 fn busy_state() -> ShardState {
     let limits = Limits {
         dedup_window_per_device: 2,
@@ -24,7 +24,10 @@ fn busy_state() -> ShardState {
     }
     apply_ok(&mut state, &register_device("alice", "alice-phone"));
     apply_ok(&mut state, &create_direct("dm", "alice", "bob"));
-    apply_ok(&mut state, &create_group("team", "alice", &["bob", "carol"]));
+    apply_ok(
+        &mut state,
+        &create_group("team", "alice", &["bob", "carol"]),
+    );
     for (id, time) in [("m1", 10), ("m2", 5), ("m3", 30)] {
         apply_ok(&mut state, &append("dm", "alice", "alice-phone", id, time));
     }
@@ -114,7 +117,11 @@ fn decoded_state_keeps_dedup_and_applies_identically() {
     ];
 
     for command in &commands {
-        assert_eq!(decoded.apply(command), original.apply(command), "{command:?}");
+        assert_eq!(
+            decoded.apply(command),
+            original.apply(command),
+            "{command:?}"
+        );
     }
 
     assert!(decoded.encode_snapshot() == original.encode_snapshot());
@@ -148,7 +155,10 @@ fn truncated_snapshot_is_rejected() {
     for length in 0..bytes.len() {
         let result = ShardState::decode_snapshot(&bytes[..length]);
 
-        assert!(result.is_err(), "a snapshot cut to {length} bytes was accepted");
+        assert!(
+            result.is_err(),
+            "a snapshot cut to {length} bytes was accepted"
+        );
     }
 }
 
@@ -170,7 +180,12 @@ fn flipped_byte_is_rejected() {
 
 #[test]
 fn garbage_bytes_are_rejected() {
-    for bytes in [&b""[..], b"\x00", b"\xff\xff\xff\xff", b"not a snapshot at all"] {
+    for bytes in [
+        &b""[..],
+        b"\x00",
+        b"\xff\xff\xff\xff",
+        b"not a snapshot at all",
+    ] {
         assert!(ShardState::decode_snapshot(bytes).is_err(), "{bytes:?}");
     }
 }
@@ -240,16 +255,21 @@ fn watermark_beyond_last_seq_is_rejected() {
 
     let message = decode_error(&seal(&snapshot));
 
-    assert!(message.contains("read watermark of \"bob\" is 4"), "{message}");
+    assert!(
+        message.contains("read watermark of \"bob\" is 4"),
+        "{message}"
+    );
 }
 
 #[test]
 fn zero_watermark_is_rejected() {
     let mut snapshot = open(&busy_state().encode_snapshot());
-    conversation(&mut snapshot, "dm").delivered.push(SnapshotWatermark {
-        id: "zz".to_owned(),
-        seq: 0,
-    });
+    conversation(&mut snapshot, "dm")
+        .delivered
+        .push(SnapshotWatermark {
+            id: "zz".to_owned(),
+            seq: 0,
+        });
 
     let message = decode_error(&seal(&snapshot));
 
@@ -259,7 +279,9 @@ fn zero_watermark_is_rejected() {
 #[test]
 fn direct_with_three_members_is_rejected() {
     let mut snapshot = open(&busy_state().encode_snapshot());
-    conversation(&mut snapshot, "dm").members.push("carol".to_owned());
+    conversation(&mut snapshot, "dm")
+        .members
+        .push("carol".to_owned());
 
     let message = decode_error(&seal(&snapshot));
 
@@ -310,8 +332,14 @@ fn unsorted_or_repeated_users_are_rejected() {
     let unsorted_message = decode_error(&seal(&unsorted));
     let repeated_message = decode_error(&seal(&repeated));
 
-    assert!(unsorted_message.contains("strictly ascending"), "{unsorted_message}");
-    assert!(repeated_message.contains("strictly ascending"), "{repeated_message}");
+    assert!(
+        unsorted_message.contains("strictly ascending"),
+        "{unsorted_message}"
+    );
+    assert!(
+        repeated_message.contains("strictly ascending"),
+        "{repeated_message}"
+    );
 }
 
 #[test]
@@ -327,8 +355,14 @@ fn missing_or_invalid_limits_are_rejected() {
     let missing_message = decode_error(&seal(&missing));
     let zero_message = decode_error(&seal(&zero));
 
-    assert!(missing_message.contains("limits are missing"), "{missing_message}");
-    assert!(zero_message.contains("body_bytes_max = 0"), "{zero_message}");
+    assert!(
+        missing_message.contains("limits are missing"),
+        "{missing_message}"
+    );
+    assert!(
+        zero_message.contains("body_bytes_max = 0"),
+        "{zero_message}"
+    );
 }
 
 #[test]

@@ -86,6 +86,13 @@ struct SmokeArgs {
     body_bytes: usize,
 }
 
+#[cfg(madsim)]
+fn main() {
+    eprintln!("this parley binary was built with --cfg madsim; build it without that flag to run it");
+    std::process::exit(2);
+}
+
+#[cfg(not(madsim))]
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(

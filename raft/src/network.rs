@@ -36,6 +36,14 @@ use proto::raft_transport_client::RaftTransportClient;
 use proto::raft_transport_server::{RaftTransport, RaftTransportServer};
 use proto::{RaftCall, RaftCallKind, RaftReply};
 
+/// The tonic service type that serves `TransportService`; madsim's
+/// generated servers take an extra interceptor parameter.
+#[cfg(not(madsim))]
+pub type TransportServer = RaftTransportServer<TransportService>;
+#[cfg(madsim)]
+pub type TransportServer =
+    RaftTransportServer<TransportService, tonic::codegen::IdentityInterceptor>;
+
 /// Settings every outgoing Raft call of a node uses.
 #[derive(Clone, Debug)]
 pub struct TransportSettings {
@@ -307,7 +315,7 @@ impl TransportService {
     }
 
     /// Wraps the service for a tonic server, with this node's size limits.
-    pub fn into_server(self) -> RaftTransportServer<TransportService> {
+    pub fn into_server(self) -> TransportServer {
         let limit = self.settings.message_bytes_max;
         RaftTransportServer::new(self)
             .max_decoding_message_size(limit)

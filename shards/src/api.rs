@@ -8,6 +8,13 @@ use crate::proto::{
     HistoryReply, HistoryRequest, ProposeReply, ProposeRequest, StatusReply, StatusRequest,
 };
 
+/// The tonic service type that serves `NodeApiService`; madsim's generated
+/// servers take an extra interceptor parameter.
+#[cfg(not(madsim))]
+pub type NodeApiTonicServer = NodeApiServer<NodeApiService>;
+#[cfg(madsim)]
+pub type NodeApiTonicServer = NodeApiServer<NodeApiService, tonic::codegen::IdentityInterceptor>;
+
 /// Serves `NodeApi` from a node's host.
 #[derive(Clone)]
 pub struct NodeApiService {
@@ -16,7 +23,7 @@ pub struct NodeApiService {
 
 impl NodeApiService {
     /// Wraps the service for a tonic server, with the cluster's size limit.
-    pub fn server(host: Arc<NodeHost>, message_bytes_max: usize) -> NodeApiServer<NodeApiService> {
+    pub fn server(host: Arc<NodeHost>, message_bytes_max: usize) -> NodeApiTonicServer {
         NodeApiServer::new(NodeApiService { host })
             .max_decoding_message_size(message_bytes_max)
             .max_encoding_message_size(message_bytes_max)

@@ -511,6 +511,7 @@ fn shard_status(shard: ShardId, replica: &Replica, include_digests: bool) -> Sha
         last_log_index: metrics.last_log_index.unwrap_or(0),
         last_applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
         snapshot_index: metrics.snapshot.map_or(0, |log_id| log_id.index),
+        purged_index: metrics.purged.map_or(0, |log_id| log_id.index),
         replicas: replicas.into_iter().collect(),
         state_digest,
     }

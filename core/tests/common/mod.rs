@@ -64,7 +64,7 @@ pub fn remove_member(conversation_id: &str, actor: &str, user: &str) -> Command 
     }))
 }
 
-/// An append with the body `b"hello"`.
+/// Builds an append with the body `b"hello"`.
 pub fn append(
     conversation_id: &str,
     sender_user: &str,
@@ -175,8 +175,8 @@ pub fn receipt(outcome: Outcome) -> ReceiptAdvanced {
     }
 }
 
-/// A state with users alice, bob and carol, a direct conversation `dm` of
-/// alice and bob, and a group `team` of all three.
+/// Builds a state with users alice, bob and carol, a direct conversation
+/// `dm` of alice and bob, and a group `team` of all three.
 pub fn populated_state() -> ShardState {
     let mut state = ShardState::new(parley_core::Limits::default());
     for user in ["alice", "bob", "carol"] {
@@ -184,6 +184,9 @@ pub fn populated_state() -> ShardState {
     }
     apply_ok(&mut state, &register_device("alice", "alice-phone"));
     apply_ok(&mut state, &create_direct("dm", "alice", "bob"));
-    apply_ok(&mut state, &create_group("team", "alice", &["bob", "carol"]));
+    apply_ok(
+        &mut state,
+        &create_group("team", "alice", &["bob", "carol"]),
+    );
     state
 }
