@@ -88,7 +88,9 @@ struct SmokeArgs {
 
 #[cfg(madsim)]
 fn main() {
-    eprintln!("this parley binary was built with --cfg madsim; build it without that flag to run it");
+    eprintln!(
+        "this parley binary was built with --cfg madsim; build it without that flag to run it"
+    );
     std::process::exit(2);
 }
 

@@ -385,6 +385,32 @@ mod tests {
     }
 
     #[cfg(not(madsim))]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sled_engine_concurrent_syncs_all_complete() {
+        let directory = tempfile::tempdir().unwrap();
+        let engine = Arc::new(SledEngine::open(directory.path()).unwrap());
+        let mut writers = Vec::new();
+        for writer in 0..8 {
+            let engine = engine.clone();
+            writers.push(tokio::spawn(async move {
+                for round in 0..50 {
+                    engine
+                        .write(batch(&format!("{writer}-{round}"), "x"))
+                        .unwrap();
+                    engine.sync().await.unwrap();
+                }
+            }));
+        }
+
+        let all = futures::future::join_all(writers);
+        let outcome = tokio::time::timeout(Duration::from_secs(60), all).await;
+
+        let results = outcome.expect("400 group-committed syncs finish within 60 s");
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(engine.get(b"7-49").unwrap(), Some(b"x".to_vec()));
+    }
+
+    #[cfg(not(madsim))]
     #[tokio::test]
     async fn sled_engine_reopens_with_synced_data() {
         let directory = std::env::temp_dir().join(format!("parley-engine-{}", std::process::id()));

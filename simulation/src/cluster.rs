@@ -58,8 +58,9 @@ impl SimCluster {
     /// Creates and starts every node.
     pub fn start(options: &SimClusterOptions) -> SimCluster {
         let runtime = Handle::current();
-        let addresses: BTreeMap<NodeId, String> =
-            (1..=options.node_count).map(|id| (id, node_address(id))).collect();
+        let addresses: BTreeMap<NodeId, String> = (1..=options.node_count)
+            .map(|id| (id, node_address(id)))
+            .collect();
         let mut settings = ClusterSettings::new(options.shard_count, addresses);
         settings.raft = options.raft.clone();
 
@@ -69,7 +70,11 @@ impl SimCluster {
             let handle = build_node(&runtime, id, settings.clone(), disk.clone());
             nodes.insert(id, SimNode { handle, disk });
         }
-        SimCluster { runtime, settings, nodes }
+        SimCluster {
+            runtime,
+            settings,
+            nodes,
+        }
     }
 
     pub fn node_ids(&self) -> Vec<NodeId> {
@@ -111,7 +116,12 @@ impl SimCluster {
     }
 }
 
-fn build_node(runtime: &Handle, id: NodeId, settings: ClusterSettings, disk: SimDisk) -> NodeHandle {
+fn build_node(
+    runtime: &Handle,
+    id: NodeId,
+    settings: ClusterSettings,
+    disk: SimDisk,
+) -> NodeHandle {
     runtime
         .create_node()
         .name(format!("node-{id}"))

@@ -13,10 +13,39 @@ mod cluster;
 #[cfg(madsim)]
 pub use cluster::{SimCluster, SimClusterOptions};
 
+/// Environment variable that restricts a seeded test to one seed.
+pub const SEED_VARIABLE: &str = "PARLEY_SEED";
+
 /// Returns the command that replays `seed` of the named test with tracing.
 pub fn replay_command(test_name: &str, seed: u64) -> String {
     format!(
-        "MADSIM_TEST_SEED={seed} RUST_LOG=debug RUSTFLAGS=\"--cfg madsim\" cargo test \
+        "{SEED_VARIABLE}={seed} RUST_LOG=debug RUSTFLAGS=\"--cfg madsim\" cargo test \
          --target-dir target/madsim -p parley-simulation -- --exact {test_name} --nocapture"
     )
+}
+
+/// Returns `seeds`, or only the seed named by `PARLEY_SEED` when it is set.
+///
+/// # Panics
+/// If `PARLEY_SEED` is set but is not an unsigned integer.
+pub fn seeds_to_run(seeds: &[u64]) -> Vec<u64> {
+    match std::env::var(SEED_VARIABLE) {
+        Ok(value) => {
+            let seed = value.trim().parse().unwrap_or_else(|_| {
+                panic!("{SEED_VARIABLE}={value:?} is not a seed; set it to an unsigned integer")
+            });
+            vec![seed]
+        }
+        Err(_) => seeds.to_vec(),
+    }
+}
+
+/// Installs a tracing subscriber that follows `RUST_LOG` (default: warn).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "warn,openraft=error".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
