@@ -210,7 +210,7 @@ async fn run_smoke(args: SmokeArgs) -> Result<()> {
     let total = args.appends;
     let on_ack = Arc::new(move |_: &smoke::Ack| {
         let done = counter.fetch_add(1, Ordering::Relaxed) + 1;
-        if done % 1000 == 0 || done == total {
+        if done.is_multiple_of(1000) || done == total {
             eprintln!("{done}/{total} appends acknowledged");
         }
     });

@@ -6,8 +6,10 @@
 //! id. Verification then checks, for every conversation:
 //! - the linearizable history is gap-free (seqs 1..=n) and holds each
 //!   acknowledged append exactly once, at the seq its acknowledgement gave;
-//! - every replica's local history is identical to it;
-//! and finally that all replicas of each shard report the same state digest.
+//! - every replica's local history is identical to it.
+//!
+//! Finally it checks that all replicas of each shard report the same state
+//! digest.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -18,6 +18,9 @@ use std::time::Duration;
 
 use crate::error::EngineError;
 
+/// A key and its value, as range scans return them.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// A future that completes when a sync is durable.
 pub type SyncFuture = Pin<Box<dyn Future<Output = Result<(), EngineError>> + Send>>;
 
@@ -56,7 +59,7 @@ pub trait StorageEngine: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError>;
 
     /// Reads every pair with `start <= key < end`, in key order.
-    fn range(&self, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, EngineError>;
+    fn range(&self, start: &[u8], end: &[u8]) -> Result<Vec<KeyValue>, EngineError>;
 
     /// Applies `batch` atomically. It is lost on a crash until a sync that
     /// started after this call returns.
@@ -175,7 +178,7 @@ impl StorageEngine for SledEngine {
         Ok(value.map(|value| value.to_vec()))
     }
 
-    fn range(&self, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, EngineError> {
+    fn range(&self, start: &[u8], end: &[u8]) -> Result<Vec<KeyValue>, EngineError> {
         let mut pairs = Vec::new();
         for pair in self.database.range(start.to_vec()..end.to_vec()) {
             let (key, value) = pair.map_err(EngineError::sled)?;
@@ -273,7 +276,7 @@ impl StorageEngine for SimDisk {
         Ok(self.lock().visible.get(key).cloned())
     }
 
-    fn range(&self, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, EngineError> {
+    fn range(&self, start: &[u8], end: &[u8]) -> Result<Vec<KeyValue>, EngineError> {
         let state = self.lock();
         let pairs = state
             .visible

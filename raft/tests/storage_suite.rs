@@ -18,7 +18,7 @@ struct SimDiskStores;
 impl StoreBuilder<TypeConfig, LogStore, ShardStateMachine> for SimDiskStores {
     async fn build(&self) -> Result<((), LogStore, ShardStateMachine), StorageError> {
         let engine: Arc<dyn StorageEngine> = Arc::new(SimDisk::new(Duration::ZERO));
-        stores(engine)
+        Ok(stores(engine))
     }
 }
 
@@ -39,17 +39,15 @@ impl StoreBuilder<TypeConfig, LogStore, ShardStateMachine, tempfile::TempDir> fo
             .expect("temporary directory for a sled store");
         let engine: Arc<dyn StorageEngine> =
             Arc::new(SledEngine::open(directory.path()).expect("sled opens in a fresh directory"));
-        let ((), log_store, state_machine) = stores(engine)?;
+        let ((), log_store, state_machine) = stores(engine);
         Ok((directory, log_store, state_machine))
     }
 }
 
-fn stores(
-    engine: Arc<dyn StorageEngine>,
-) -> Result<((), LogStore, ShardStateMachine), StorageError> {
+fn stores(engine: Arc<dyn StorageEngine>) -> ((), LogStore, ShardStateMachine) {
     let state_machine = ShardStateMachine::open(0, engine.clone(), Limits::default())
         .expect("a state machine opens on an empty engine");
-    Ok(((), LogStore::new(0, engine), state_machine))
+    ((), LogStore::new(0, engine), state_machine)
 }
 
 #[test]
