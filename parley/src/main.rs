@@ -137,6 +137,12 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
         .or(file.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from(format!("data/node{node_id}")));
     let shard_count = args.shards.or(file.shard_count).unwrap_or(8);
+    if !(1..=parley_shards::BUCKET_COUNT).contains(&shard_count) {
+        bail!(
+            "--shards (config key shard_count) is {shard_count}; set it between 1 and {}",
+            parley_shards::BUCKET_COUNT
+        );
+    }
 
     let mut cluster = ClusterSettings::new(shard_count, peers);
     if let Some(limit) = file.group_members_max {

@@ -1118,8 +1118,9 @@ fn node_rejects_zero_shards() {
 
     assert_failed_cleanly(&exit, "--shards 0");
     assert!(
-        exit.stderr.contains("shard_count is 0"),
-        "stderr should name the shard count and its value 0:\n{}",
+        exit.stderr
+            .contains("--shards (config key shard_count) is 0"),
+        "stderr should name the --shards flag and its value 0:\n{}",
         exit.stderr
     );
     assert!(
