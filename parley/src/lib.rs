@@ -3,7 +3,6 @@
 //! the simulator. Under `--cfg madsim` only the client and the workload are
 //! built: a simulated node runs the shard host directly on a simulated disk.
 
-pub mod client;
 pub mod config;
 #[cfg(not(madsim))]
 pub mod node;

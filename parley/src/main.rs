@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
-use parley::client::ClusterClient;
+use parley_shards::client::ClusterClient;
 use parley::config::{merge_peers, parse_peer, ConfigFile, NodeConfig};
 use parley::smoke::{self, SmokeOptions};
 use parley_raft::NodeId;

@@ -23,7 +23,7 @@ use parley_core::proto::{Append, Command, CreateGroup, RejectionCode, StoredMess
 use parley_core::COMMAND_VERSION;
 use parley_shards::proto::Consistency;
 
-use crate::client::ClusterClient;
+use parley_shards::client::ClusterClient;
 
 /// The user every smoke append is sent as.
 pub const SENDER_USER: &str = "smoke-alice";

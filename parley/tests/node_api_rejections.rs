@@ -21,7 +21,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::ProcessCluster;
-use parley::client::ClusterClient;
+use parley_shards::client::ClusterClient;
 use parley_core::proto::command::Kind;
 use parley_core::proto::command_result::Outcome;
 use parley_core::proto::{

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::ProcessCluster;
-use parley::client::ClusterClient;
+use parley_shards::client::ClusterClient;
 use parley::smoke::{self, Ack, SmokeOptions};
 
 const LEADER_WAIT: Duration = Duration::from_secs(60);

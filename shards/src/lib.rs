@@ -6,8 +6,10 @@
 //! - `settings`: cluster-wide settings and their digest.
 //! - `host`: the multi-raft host, leader forwarding and reads.
 //! - `api`: the node API gRPC service.
+//! - `client`: a node API client that retries across nodes.
 
 pub mod api;
+pub mod client;
 pub mod clock;
 pub mod error;
 pub mod host;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use madsim::runtime::{Handle, NodeHandle};
-use parley::client::ClusterClient;
+use parley_shards::client::ClusterClient;
 use parley_raft::{NodeId, SimDisk};
 use parley_shards::{ClusterSettings, NodeApiService, NodeClock, NodeHost, RaftTiming};
 

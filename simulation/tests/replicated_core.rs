@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use madsim::rand::Rng;
-use parley::client::ClusterClient;
+use parley_shards::client::ClusterClient;
 use parley::smoke::{self, Ack, SmokeOptions};
 use parley_raft::NodeId;
 use parley_shards::RaftTiming;

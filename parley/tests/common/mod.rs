@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use parley::client::ClusterClient;
+use parley_shards::client::ClusterClient;
 
 pub struct ProcessCluster {
     pub root: tempfile::TempDir,

@@ -6,10 +6,9 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
 use parley_core::proto::{Command, HistoryQuery, StoredMessage};
-use parley_shards::proto::node_api_client::NodeApiClient;
-use parley_shards::proto::{
+use crate::proto::node_api_client::NodeApiClient;
+use crate::proto::{
     Consistency, HistoryReply, HistoryRequest, ProposeReply, ProposeRequest, StatusReply,
     StatusRequest,
 };
@@ -20,6 +19,38 @@ const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Deadline of one call to one node.
 const CALL_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// A failed cluster client call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no node addresses given; pass at least one node address as HOST:PORT")]
+    NoNodes,
+
+    #[error("node address {address:?} is invalid ({message}); write it as HOST:PORT")]
+    InvalidAddress { address: String, message: String },
+
+    #[error("node {node} rejected the request: {status}")]
+    Rejected { node: String, status: tonic::Status },
+
+    #[error("request failed for {elapsed_ms} ms; last error from node {node}: {message}")]
+    GaveUp {
+        node: String,
+        elapsed_ms: u64,
+        message: String,
+    },
+}
+
+impl ClientError {
+    /// Returns the gRPC status a node answered with, if one did.
+    pub fn status(&self) -> Option<&tonic::Status> {
+        match self {
+            ClientError::Rejected { status, .. } => Some(status),
+            _ => None,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, ClientError>;
 
 /// Clients of every node, in the order their addresses were given.
 #[derive(Clone)]
@@ -44,12 +75,15 @@ impl ClusterClient {
     /// Creates lazily connected clients for `addresses` ("host:port").
     pub fn new(addresses: &[String]) -> Result<ClusterClient> {
         if addresses.is_empty() {
-            bail!("no node addresses given; pass at least one --node HOST:PORT");
+            return Err(ClientError::NoNodes);
         }
         let mut clients = Vec::new();
         for address in addresses {
             let endpoint = Endpoint::from_shared(format!("http://{address}"))
-                .with_context(|| format!("node address {address:?} is invalid; write HOST:PORT"))?
+                .map_err(|error| ClientError::InvalidAddress {
+                    address: address.clone(),
+                    message: error.to_string(),
+                })?
                 .connect_timeout(Duration::from_millis(500))
                 .tcp_nodelay(true);
             let client = NodeApiClient::new(endpoint.connect_lazy())
@@ -83,20 +117,20 @@ impl ClusterClient {
             let status = match outcome {
                 Ok(Ok(reply)) => return Ok(reply.into_inner()),
                 Ok(Err(status)) if !is_transient(&status) => {
-                    return Err(anyhow!(
-                        "node {} rejected the proposal: {status}",
-                        self.addresses[index]
-                    ))
+                    return Err(ClientError::Rejected {
+                        node: self.addresses[index].clone(),
+                        status,
+                    })
                 }
                 Ok(Err(status)) => status.to_string(),
                 Err(_) => format!("no reply within {} ms", CALL_TIMEOUT.as_millis()),
             };
             if started.elapsed() > deadline {
-                bail!(
-                    "proposal failed for {} ms; last error from {}: {status}",
-                    deadline.as_millis(),
-                    self.addresses[index]
-                );
+                return Err(ClientError::GaveUp {
+                    node: self.addresses[index].clone(),
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                    message: status,
+                });
             }
             tracing::debug!(node = %self.addresses[index], attempt, error = %status, "retrying proposal");
             attempt += 1;
@@ -111,7 +145,7 @@ impl ClusterClient {
         query: HistoryQuery,
         consistency: Consistency,
         min_applied_index: u64,
-    ) -> Result<HistoryReply, tonic::Status> {
+    ) -> std::result::Result<HistoryReply, tonic::Status> {
         let mut client = self.clients[node_index].clone();
         let request = HistoryRequest {
             query: Some(query),
@@ -134,7 +168,7 @@ impl ClusterClient {
         reader: &str,
         consistency: Consistency,
         min_applied_index: u64,
-    ) -> Result<(Vec<StoredMessage>, u64), tonic::Status> {
+    ) -> std::result::Result<(Vec<StoredMessage>, u64), tonic::Status> {
         let mut messages = Vec::new();
         let mut applied_index = 0;
         loop {
@@ -173,11 +207,18 @@ impl ClusterClient {
                 .await
             {
                 Ok(result) => return Ok(result),
-                Err(status) if !is_transient(&status) || started.elapsed() > deadline => {
-                    return Err(anyhow!(
-                        "linearizable read of {conversation_id} via {} failed: {status}",
-                        self.addresses[index]
-                    ))
+                Err(status) if !is_transient(&status) => {
+                    return Err(ClientError::Rejected {
+                        node: self.addresses[index].clone(),
+                        status,
+                    })
+                }
+                Err(status) if started.elapsed() > deadline => {
+                    return Err(ClientError::GaveUp {
+                        node: self.addresses[index].clone(),
+                        elapsed_ms: started.elapsed().as_millis() as u64,
+                        message: status.to_string(),
+                    })
                 }
                 Err(_) => {}
             }
@@ -190,15 +231,15 @@ impl ClusterClient {
     pub async fn status(&self, node_index: usize, include_digests: bool) -> Result<StatusReply> {
         let mut client = self.clients[node_index].clone();
         let request = StatusRequest { include_digests };
-        let reply = tokio::time::timeout(CALL_TIMEOUT, client.status(request))
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "node {} did not answer status in time",
-                    self.addresses[node_index]
-                )
-            })?
-            .with_context(|| format!("status of node {} failed", self.addresses[node_index]))?;
-        Ok(reply.into_inner())
+        let node = self.addresses[node_index].clone();
+        match tokio::time::timeout(CALL_TIMEOUT, client.status(request)).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Err(status)) => Err(ClientError::Rejected { node, status }),
+            Err(_) => Err(ClientError::GaveUp {
+                node,
+                elapsed_ms: CALL_TIMEOUT.as_millis() as u64,
+                message: "status did not answer in time".into(),
+            }),
+        }
     }
 }
