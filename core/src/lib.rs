@@ -29,7 +29,7 @@ mod users;
 pub use error::CoreError;
 pub use limits::Limits;
 pub use snapshot::SNAPSHOT_FORMAT_VERSION;
-pub use state::ShardState;
+pub use state::{ConversationKind, ShardState};
 
 /// The only command version this build applies. `ShardState::apply` rejects
 /// any other version with REJECTION_CODE_UNSUPPORTED_VERSION.

@@ -32,8 +32,9 @@ pub struct ShardState {
     pub(crate) conversations: BTreeMap<String, Conversation>,
 }
 
+/// Whether a conversation is between two users or a group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ConversationKind {
+pub enum ConversationKind {
     Direct,
     Group,
 }
@@ -212,6 +213,12 @@ impl ShardState {
     /// Returns the ids of all conversations on this shard, sorted.
     pub fn conversation_ids(&self) -> Vec<String> {
         self.conversations.keys().cloned().collect()
+    }
+
+    /// Returns whether a conversation is direct or a group, or `None` when
+    /// it does not exist.
+    pub fn conversation_kind(&self, conversation_id: &str) -> Option<ConversationKind> {
+        Some(self.conversations.get(conversation_id)?.kind)
     }
 
     /// Returns the sorted members of a conversation, or `None` when it does

@@ -74,7 +74,8 @@ impl TokenSigner {
         let signature = hex::decode(signature).map_err(|_| AuthError::Malformed)?;
         let mut mac = self.mac();
         mac.update(payload.as_bytes());
-        mac.verify_slice(&signature).map_err(|_| AuthError::Forged)?;
+        mac.verify_slice(&signature)
+            .map_err(|_| AuthError::Forged)?;
 
         let fields: Vec<&str> = payload.split('|').collect();
         let [version, user_id, device_id, expires_at_ms] = fields.as_slice() else {
@@ -99,7 +100,9 @@ impl TokenSigner {
         metadata: &tonic::metadata::MetadataMap,
         now_ms: u64,
     ) -> Result<DeviceIdentity, AuthError> {
-        let value = metadata.get(AUTHORIZATION_HEADER).ok_or(AuthError::Missing)?;
+        let value = metadata
+            .get(AUTHORIZATION_HEADER)
+            .ok_or(AuthError::Missing)?;
         let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
         let token = value.strip_prefix("Bearer ").ok_or(AuthError::NotBearer)?;
         self.verify(token.trim(), now_ms)
@@ -134,7 +137,9 @@ mod tests {
     #[test]
     fn edited_user_is_forged() {
         let signer = TokenSigner::new(b"key".to_vec());
-        let token = signer.issue(&alice(), 2_000).replacen("alice", "mallory", 1);
+        let token = signer
+            .issue(&alice(), 2_000)
+            .replacen("alice", "mallory", 1);
         assert_eq!(signer.verify(&token, 1_000), Err(AuthError::Forged));
     }
 
@@ -144,7 +149,9 @@ mod tests {
         let token = signer.issue(&alice(), 2_000);
         assert_eq!(
             signer.verify(&token, 2_000),
-            Err(AuthError::Expired { expires_at_ms: 2_000 })
+            Err(AuthError::Expired {
+                expires_at_ms: 2_000
+            })
         );
     }
 

@@ -16,15 +16,27 @@ pub mod proto {
 }
 
 pub mod auth;
+mod cluster;
 mod config;
+pub mod context;
+mod delivered;
+mod directory;
+mod ephemeral;
 mod error;
+mod feed;
+mod hub;
 #[cfg(not(madsim))]
 mod server;
+pub mod service;
+mod session;
+mod startup;
 
 pub use config::GatewayConfig;
+pub use context::Gateway;
 pub use error::GatewayError;
 #[cfg(not(madsim))]
 pub use server::serve;
+pub use startup::start;
 
 /// Metadata key that carries the device token on every call.
 pub const AUTHORIZATION_HEADER: &str = "authorization";

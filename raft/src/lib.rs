@@ -5,7 +5,9 @@
 //! - `engine`: the storage engine trait, on sled or on a simulated disk.
 //! - `log_store` and `state_machine`: openraft's v2 storage traits.
 //! - `network`: the node-to-node transport over gRPC.
+//! - `commit_feed`: the applied commands of a replica, for gateways.
 
+pub mod commit_feed;
 pub mod engine;
 pub mod error;
 mod keys;
@@ -15,6 +17,7 @@ pub mod runtime;
 pub mod state_machine;
 pub mod types;
 
+pub use commit_feed::{CommitFeed, CommittedEntry, Compacted, FeedItem};
 #[cfg(not(madsim))]
 pub use engine::SledEngine;
 pub use engine::{SimDisk, StorageEngine, WriteBatch};

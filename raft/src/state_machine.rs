@@ -13,6 +13,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use parley_core::{Limits, ShardState};
 use serde::{Deserialize, Serialize};
 
+use crate::commit_feed::{CommitFeed, CommittedEntry};
 use crate::engine::{StorageEngine, WriteBatch};
 use crate::error::EngineError;
 use crate::keys;
@@ -33,6 +34,7 @@ pub struct Applied {
 pub struct AppliedHandle {
     inner: Arc<RwLock<Applied>>,
     applied_index: tokio::sync::watch::Sender<u64>,
+    feed: CommitFeed,
 }
 
 impl AppliedHandle {
@@ -50,6 +52,11 @@ impl AppliedHandle {
         self.inner
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Returns the feed of this replica's applied commands.
+    pub fn feed(&self) -> &CommitFeed {
+        &self.feed
     }
 
     /// Returns a receiver that sees the last applied log index change.
@@ -80,6 +87,7 @@ impl ShardStateMachine {
         shard: ShardId,
         engine: Arc<dyn StorageEngine>,
         limits: Limits,
+        feed_entries_max: usize,
     ) -> Result<Self, EngineError> {
         let stored = read_stored_snapshot(shard, engine.as_ref())?;
         let applied = match stored {
@@ -95,10 +103,12 @@ impl ShardStateMachine {
             },
         };
         let applied_index = applied.last_applied.map_or(0, |log_id| log_id.index);
+        let feed = CommitFeed::new(applied_index + 1, feed_entries_max);
         let (applied_index, _) = tokio::sync::watch::channel(applied_index);
         let applied = AppliedHandle {
             inner: Arc::new(RwLock::new(applied)),
             applied_index,
+            feed,
         };
 
         Ok(ShardStateMachine {
@@ -112,16 +122,20 @@ impl ShardStateMachine {
     pub fn handle(&self) -> AppliedHandle {
         self.applied.clone()
     }
+}
 
-    async fn store_snapshot(&self, stored: &StoredSnapshot) -> Result<(), EngineError> {
-        let bytes = bincode::serialize(stored).map_err(|error| {
-            EngineError::corrupt(format!("shard {} snapshot", self.shard), error)
-        })?;
-        let mut batch = WriteBatch::default();
-        batch.put(keys::snapshot(self.shard), bytes);
-        self.engine.write(batch)?;
-        self.engine.sync().await
-    }
+/// Writes a snapshot over the shard's previous one and syncs it.
+async fn store_snapshot(
+    shard: ShardId,
+    engine: &dyn StorageEngine,
+    stored: &StoredSnapshot,
+) -> Result<(), EngineError> {
+    let bytes = bincode::serialize(stored)
+        .map_err(|error| EngineError::corrupt(format!("shard {shard} snapshot"), error))?;
+    let mut batch = WriteBatch::default();
+    batch.put(keys::snapshot(shard), bytes);
+    engine.write(batch)?;
+    engine.sync().await
 }
 
 fn read_stored_snapshot(
@@ -175,14 +189,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let stored = StoredSnapshot { meta, data };
 
-        let machine = ShardStateMachine {
-            shard: self.shard,
-            engine: self.engine.clone(),
-            applied: self.applied.clone(),
-            snapshots_built: self.sequence,
-        };
-        machine
-            .store_snapshot(&stored)
+        store_snapshot(self.shard, self.engine.as_ref(), &stored)
             .await
             .map_err(|error| error.to_state_machine_error(true))?;
         tracing::info!(shard = self.shard, snapshot_id = %stored.meta.snapshot_id, bytes = stored.data.len(), "built snapshot");
@@ -211,7 +218,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         let last_index = {
             let mut applied = self.applied.write();
             for entry in entries {
-                responses.push(apply_entry(&mut applied, entry));
+                responses.push(apply_entry(&mut applied, entry, &self.applied.feed));
             }
             applied.last_applied.map_or(0, |log_id| log_id.index)
         };
@@ -244,7 +251,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             meta: meta.clone(),
             data: *snapshot,
         };
-        self.store_snapshot(&stored)
+        store_snapshot(self.shard, self.engine.as_ref(), &stored)
             .await
             .map_err(|error| error.to_state_machine_error(true))?;
 
@@ -255,6 +262,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             applied.last_applied = meta.last_log_id;
             applied.membership = meta.last_membership.clone();
         }
+        self.applied.feed.reset(last_index);
         self.applied.applied_index.send_replace(last_index);
         tracing::info!(shard = self.shard, snapshot_id = %meta.snapshot_id, last_index, "installed snapshot");
         Ok(())
@@ -270,15 +278,19 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
     }
 }
 
-fn apply_entry(applied: &mut Applied, entry: Entry) -> Response {
+fn apply_entry(applied: &mut Applied, entry: Entry, feed: &CommitFeed) -> Response {
     applied.last_applied = Some(entry.log_id);
     match entry.payload {
         EntryPayload::Blank => Response::default(),
         EntryPayload::Normal(request) => {
-            let result = applied.state.apply_encoded(&request.command);
-            Response {
-                result: prost::Message::encode_to_vec(&result),
-            }
+            let result =
+                prost::Message::encode_to_vec(&applied.state.apply_encoded(&request.command));
+            feed.push(CommittedEntry {
+                log_index: entry.log_id.index,
+                command: request.command,
+                result: result.clone(),
+            });
+            Response { result }
         }
         EntryPayload::Membership(membership) => {
             applied.membership = StoredMembership::new(Some(entry.log_id), membership);

@@ -45,7 +45,7 @@ impl StoreBuilder<TypeConfig, LogStore, ShardStateMachine, tempfile::TempDir> fo
 }
 
 fn stores(engine: Arc<dyn StorageEngine>) -> ((), LogStore, ShardStateMachine) {
-    let state_machine = ShardStateMachine::open(0, engine.clone(), Limits::default())
+    let state_machine = ShardStateMachine::open(0, engine.clone(), Limits::default(), 1_024)
         .expect("a state machine opens on an empty engine");
     ((), LogStore::new(0, engine), state_machine)
 }

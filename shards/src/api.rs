@@ -4,8 +4,11 @@ use std::sync::Arc;
 
 use crate::host::NodeHost;
 use crate::proto::node_api_server::{NodeApi, NodeApiServer};
+use parley_raft::FeedItem;
+
 use crate::proto::{
-    HistoryReply, HistoryRequest, ProposeReply, ProposeRequest, StatusReply, StatusRequest,
+    CommittedEntry, ConversationsReply, ConversationsRequest, HistoryReply, HistoryRequest,
+    ProposeReply, ProposeRequest, StatusReply, StatusRequest, SubscribeRequest,
 };
 
 /// The tonic service type that serves `NodeApiService`; madsim's generated
@@ -30,8 +33,42 @@ impl NodeApiService {
     }
 }
 
+/// Entries buffered per subscriber between the feed and its gRPC stream.
+const SUBSCRIBER_BUFFER_ENTRIES: usize = 256;
+
+type EntryStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<CommittedEntry, tonic::Status>> + Send>>;
+
 #[tonic::async_trait]
 impl NodeApi for NodeApiService {
+    type SubscribeStream = EntryStream;
+
+    async fn subscribe(
+        &self,
+        request: tonic::Request<SubscribeRequest>,
+    ) -> Result<tonic::Response<EntryStream>, tonic::Status> {
+        let request = request.into_inner();
+        let feed = self.host.feed(request.shard_id)?;
+        let (backlog, receiver) = feed
+            .subscribe(request.from_index)
+            .map_err(|compacted| tonic::Status::out_of_range(compacted.to_string()))?;
+
+        let (sender, stream) = tokio::sync::mpsc::channel(SUBSCRIBER_BUFFER_ENTRIES);
+        tokio::spawn(forward_feed(request, backlog, receiver, sender));
+        let stream = futures::stream::unfold(stream, |mut stream| async move {
+            stream.recv().await.map(|item| (item, stream))
+        });
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+
+    async fn conversations(
+        &self,
+        request: tonic::Request<ConversationsRequest>,
+    ) -> Result<tonic::Response<ConversationsReply>, tonic::Status> {
+        let reply = self.host.conversations(request.into_inner().shard_id)?;
+        Ok(tonic::Response::new(reply))
+    }
+
     async fn propose(
         &self,
         request: tonic::Request<ProposeRequest>,
@@ -54,5 +91,60 @@ impl NodeApi for NodeApiService {
     ) -> Result<tonic::Response<StatusReply>, tonic::Status> {
         let include_digests = request.into_inner().include_digests;
         Ok(tonic::Response::new(self.host.status(include_digests)))
+    }
+}
+
+type EntrySender = tokio::sync::mpsc::Sender<Result<CommittedEntry, tonic::Status>>;
+
+/// Sends the backlog, then live entries, until the subscriber goes away or
+/// the feed can no longer continue without a gap.
+async fn forward_feed(
+    request: SubscribeRequest,
+    backlog: Vec<Arc<parley_raft::CommittedEntry>>,
+    mut receiver: tokio::sync::broadcast::Receiver<FeedItem>,
+    sender: EntrySender,
+) {
+    let mut next_index = request.from_index;
+    for entry in backlog {
+        next_index = entry.log_index + 1;
+        if sender.send(Ok(to_proto(&entry))).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        let item = match receiver.recv().await {
+            Ok(FeedItem::Entry(entry)) if entry.log_index < next_index => continue,
+            Ok(FeedItem::Entry(entry)) => {
+                next_index = entry.log_index + 1;
+                Ok(to_proto(&entry))
+            }
+            Ok(FeedItem::SnapshotInstalled { last_index }) => {
+                Err(tonic::Status::out_of_range(format!(
+                    "shard {} replica installed a snapshot through index {last_index}; reload its \
+                 conversations and subscribe again",
+                    request.shard_id
+                )))
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(skipped)) => {
+                Err(tonic::Status::aborted(format!(
+                    "subscriber fell {skipped} entries behind on shard {}; subscribe again from \
+                     index {next_index}",
+                    request.shard_id
+                )))
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let stop = item.is_err();
+        if sender.send(item).await.is_err() || stop {
+            return;
+        }
+    }
+}
+
+fn to_proto(entry: &parley_raft::CommittedEntry) -> CommittedEntry {
+    CommittedEntry {
+        log_index: entry.log_index,
+        command: entry.command.clone(),
+        result: entry.result.clone(),
     }
 }

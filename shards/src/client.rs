@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
-use parley_core::proto::{Command, HistoryQuery, StoredMessage};
 use crate::proto::node_api_client::NodeApiClient;
 use crate::proto::{
     Consistency, HistoryReply, HistoryRequest, ProposeReply, ProposeRequest, StatusReply,
     StatusRequest,
 };
+use parley_core::proto::{Command, HistoryQuery, StoredMessage};
 use tonic::transport::{Channel, Endpoint};
 
 /// Largest message the client sends or accepts, in bytes.
@@ -99,6 +99,11 @@ impl ClusterClient {
 
     pub fn addresses(&self) -> &[String] {
         &self.addresses
+    }
+
+    /// Returns the raw node API client of the node at `node_index`.
+    pub fn node(&self, node_index: usize) -> NodeApiClient<Channel> {
+        self.clients[node_index].clone()
     }
 
     /// Proposes `command`, retrying transient failures on the next node

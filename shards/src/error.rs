@@ -39,6 +39,13 @@ pub enum ShardsError {
     #[error("the replica of shard {shard} on this node stopped: {message}; restart the node")]
     Fatal { shard: ShardId, message: String },
 
+    #[error("node {node} hosts no replica of shard {shard}; ask one of nodes {replicas:?}")]
+    NotHosted {
+        node: NodeId,
+        shard: ShardId,
+        replicas: Vec<NodeId>,
+    },
+
     #[error("permission denied: {0}")]
     PermissionDenied(String),
 
@@ -65,6 +72,7 @@ impl From<ShardsError> for tonic::Status {
         match error {
             ShardsError::InvalidSettings(_) => tonic::Status::failed_precondition(message),
             ShardsError::InvalidRequest(_) => tonic::Status::invalid_argument(message),
+            ShardsError::NotHosted { .. } => tonic::Status::failed_precondition(message),
             ShardsError::NoLeader { .. } | ShardsError::NotLeader { .. } => {
                 tonic::Status::unavailable(message)
             }

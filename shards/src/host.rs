@@ -15,9 +15,10 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::BasicNode;
 use parley_core::proto::command::Kind;
 use parley_core::proto::{CommandResult, HistoryQuery, RejectionCode};
+use parley_core::ConversationKind;
 use parley_raft::{
-    AppliedHandle, LogStore, NetworkFactory, NodeId, PeerChannels, Raft, Request, ShardId,
-    ShardRegistry, ShardStateMachine, StorageEngine, TransportService, TransportSettings,
+    AppliedHandle, CommitFeed, LogStore, NetworkFactory, NodeId, PeerChannels, Raft, Request,
+    ShardId, ShardRegistry, ShardStateMachine, StorageEngine, TransportService, TransportSettings,
 };
 use prost::Message;
 
@@ -25,8 +26,8 @@ use crate::clock::NodeClock;
 use crate::error::ShardsError;
 use crate::proto::node_api_client::NodeApiClient;
 use crate::proto::{
-    Consistency, HistoryReply, HistoryRequest, ProposeReply, ProposeRequest, ShardStatus,
-    StatusReply,
+    Consistency, ConversationInfo, ConversationsReply, HistoryReply, HistoryRequest, ProposeReply,
+    ProposeRequest, ShardStatus, StatusReply,
 };
 use crate::settings::ClusterSettings;
 use crate::shard_map::ShardMap;
@@ -328,15 +329,7 @@ impl NodeHost {
             ))),
             Consistency::Linearizable => self.linearizable_history(shard, request, &query).await,
             Consistency::Local => {
-                let Some(replica) = self.replicas.get(&shard) else {
-                    return Err(ShardsError::InvalidRequest(format!(
-                        "node {} hosts no replica of shard {shard}, so it cannot serve a LOCAL read of \
-                         conversation {}; ask one of nodes {:?}",
-                        self.node_id,
-                        query.conversation_id,
-                        self.map.replicas_of(shard)
-                    )));
-                };
+                let replica = self.hosted(shard)?;
                 wait_applied(&replica.applied, request.min_applied_index, shard).await?;
                 self.read_local(shard, replica, &query)
             }
@@ -421,6 +414,45 @@ impl NodeHost {
         })
     }
 
+    /// Returns every conversation and user of this node's replica of
+    /// `shard`, as of one applied index.
+    pub fn conversations(&self, shard: ShardId) -> Result<ConversationsReply, ShardsError> {
+        let replica = self.hosted(shard)?;
+        let applied = replica.applied.read();
+        let state = &applied.state;
+        let conversations = state
+            .conversation_ids()
+            .into_iter()
+            .map(|conversation_id| ConversationInfo {
+                direct: state.conversation_kind(&conversation_id) == Some(ConversationKind::Direct),
+                members: state.members(&conversation_id).unwrap_or_default(),
+                last_seq: state.last_seq(&conversation_id).unwrap_or(0),
+                conversation_id,
+            })
+            .collect();
+        Ok(ConversationsReply {
+            shard_id: shard,
+            applied_index: applied.last_applied.map_or(0, |log_id| log_id.index),
+            conversations,
+            user_ids: state.user_ids(),
+        })
+    }
+
+    /// Returns the commit feed of this node's replica of `shard`.
+    pub fn feed(&self, shard: ShardId) -> Result<CommitFeed, ShardsError> {
+        Ok(self.hosted(shard)?.applied.feed().clone())
+    }
+
+    fn hosted(&self, shard: ShardId) -> Result<&Replica, ShardsError> {
+        self.replicas
+            .get(&shard)
+            .ok_or_else(|| ShardsError::NotHosted {
+                node: self.node_id,
+                shard,
+                replicas: self.map.replicas_of(shard),
+            })
+    }
+
     /// Reports every replica on this node.
     pub fn status(&self, include_digests: bool) -> StatusReply {
         let shards = self
@@ -456,8 +488,13 @@ async fn start_replica(
     transport_settings: Arc<TransportSettings>,
 ) -> Result<Replica, ShardsError> {
     let log_store = LogStore::new(shard, engine.clone());
-    let state_machine = ShardStateMachine::open(shard, engine, settings.limits.clone())
-        .map_err(|error| ShardsError::Storage(error.to_string()))?;
+    let state_machine = ShardStateMachine::open(
+        shard,
+        engine,
+        settings.limits.clone(),
+        settings.commit_feed_entries_max,
+    )
+    .map_err(|error| ShardsError::Storage(error.to_string()))?;
     let applied = state_machine.handle();
     let network = NetworkFactory::new(shard, channels, transport_settings);
 

@@ -56,6 +56,9 @@ pub struct ClusterSettings {
     pub message_bytes_max: usize,
     /// Deadline for a proposal to commit, including forwarding.
     pub propose_timeout_ms: u64,
+    /// Applied commands each replica keeps for gateways that resume their
+    /// commit stream; an older resume point makes the gateway reload.
+    pub commit_feed_entries_max: usize,
 }
 
 impl ClusterSettings {
@@ -69,6 +72,7 @@ impl ClusterSettings {
             raft: RaftTiming::default(),
             message_bytes_max: 64 * 1024 * 1024,
             propose_timeout_ms: 5_000,
+            commit_feed_entries_max: 16_384,
         }
     }
 
