@@ -40,3 +40,17 @@ pub use startup::start;
 
 /// Metadata key that carries the device token on every call.
 pub const AUTHORIZATION_HEADER: &str = "authorization";
+
+/// The tonic service type that serves a gateway's client API; madsim's
+/// generated servers take an extra interceptor parameter.
+#[cfg(not(madsim))]
+pub type ParleyTonicServer = proto::parley_server::ParleyServer<service::ParleyService>;
+#[cfg(madsim)]
+pub type ParleyTonicServer =
+    proto::parley_server::ParleyServer<service::ParleyService, tonic::codegen::IdentityInterceptor>;
+
+/// Wraps a started gateway as a tonic service, for callers that run their
+/// own server (the simulator, tests).
+pub fn tonic_service(gateway: std::sync::Arc<Gateway>) -> ParleyTonicServer {
+    proto::parley_server::ParleyServer::new(service::ParleyService::new(gateway))
+}

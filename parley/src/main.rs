@@ -1,17 +1,18 @@
-//! The `parley` command: run a node, inspect a cluster, run a smoke
-//! workload against it.
+//! The `parley` command: run a node or a gateway, run a whole local
+//! deployment (`dev`), chat through a gateway, inspect a cluster, run a
+//! smoke workload against it.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use parley_shards::client::ClusterClient;
 use parley::config::{merge_peers, parse_peer, ConfigFile, NodeConfig};
 use parley::smoke::{self, SmokeOptions};
 use parley_raft::NodeId;
+use parley_shards::client::ClusterClient;
 use parley_shards::ClusterSettings;
 
 #[derive(Parser)]
@@ -29,6 +30,13 @@ struct Cli {
 enum Commands {
     /// Run one node of a cluster.
     Node(NodeArgs),
+    /// Run a gateway: the client API in front of a cluster's nodes.
+    Gateway(GatewayArgs),
+    /// Run 3 nodes and a gateway on 127.0.0.1 until Ctrl-C.
+    Dev(DevArgs),
+    /// Chat through a gateway: register, send, listen and more.
+    #[cfg(not(madsim))]
+    Chat(parley::chat::ChatArgs),
     /// Show every shard replica of the given nodes: role, leader, term, indexes.
     Status(StatusArgs),
     /// Append messages through the cluster, then verify every replica.
@@ -55,6 +63,34 @@ struct NodeArgs {
     /// Number of shard groups; must be the same on every node. Default 8.
     #[arg(long)]
     shards: Option<u32>,
+}
+
+#[derive(Args)]
+struct GatewayArgs {
+    /// Address to serve the client API on (IP:PORT).
+    #[arg(long)]
+    listen: String,
+    /// A node's API address (IP:PORT); repeat for every node.
+    #[arg(long = "node", required = true)]
+    nodes: Vec<String>,
+    /// File with the token signing key (at least 16 bytes); every gateway
+    /// of a cluster must use the same key.
+    #[arg(long)]
+    token_secret_file: PathBuf,
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Directory for the nodes' data, the logs and the token key.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// Gateway port; the nodes listen on the next 3 ports.
+    #[arg(long, default_value_t = 7100)]
+    base_port: u16,
+    /// Number of shard groups. It must stay the same across runs on one
+    /// data directory, which records it.
+    #[arg(long, default_value_t = 8)]
+    shards: u32,
 }
 
 #[derive(Args)]
@@ -94,8 +130,10 @@ fn main() {
     std::process::exit(2);
 }
 
+/// Runs the command; on failure prints `error: ` and the error chain on
+/// one line (no backtrace, even with RUST_BACKTRACE set) and exits with 1.
 #[cfg(not(madsim))]
-fn main() -> Result<()> {
+fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -104,11 +142,26 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Err(error) = run(cli) {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(not(madsim))]
+fn run(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     match cli.command {
         Commands::Node(args) => runtime.block_on(parley::node::run(node_config(args)?)),
+        Commands::Gateway(args) => runtime.block_on(run_gateway(args)),
+        Commands::Dev(args) => runtime.block_on(parley::dev::run(parley::dev::DevOptions {
+            data_dir: args.data_dir,
+            base_port: args.base_port,
+            shards: args.shards,
+        })),
+        Commands::Chat(args) => runtime.block_on(parley::chat::run(args)),
         Commands::Status(args) => runtime.block_on(status(args)),
         Commands::Smoke(args) => runtime.block_on(run_smoke(args)),
     }
@@ -157,6 +210,18 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
         data_dir,
         cluster,
     })
+}
+
+#[cfg(not(madsim))]
+async fn run_gateway(args: GatewayArgs) -> Result<()> {
+    let token_secret = parley::dev::read_token_key(&args.token_secret_file)?;
+    let listen = args.listen.clone();
+    let config = parley_gateway::GatewayConfig::new(args.listen, args.nodes, token_secret);
+    tracing::info!(%listen, nodes = ?config.nodes, "gateway starting");
+    parley_gateway::serve(config, parley::node::shutdown_signal())
+        .await
+        .with_context(|| format!("the gateway on {listen} failed"))?;
+    Ok(())
 }
 
 async fn status(args: StatusArgs) -> Result<()> {

@@ -69,14 +69,16 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Completes on the first SIGINT or SIGTERM; shared by `parley node`,
+/// `parley gateway` and `parley dev`.
+pub async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut stream) => {
                 stream.recv().await;
             }
             Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; stop the node with SIGINT");
+                tracing::warn!(%error, "cannot listen for SIGTERM; stop the process with SIGINT");
                 std::future::pending::<()>().await;
             }
         }

@@ -547,6 +547,7 @@ fn shard_status(shard: ShardId, replica: &Replica, include_digests: bool) -> Sha
         term: metrics.current_term,
         last_log_index: metrics.last_log_index.unwrap_or(0),
         last_applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
+        last_applied_term: metrics.last_applied.map_or(0, |log_id| log_id.leader_id.term),
         snapshot_index: metrics.snapshot.map_or(0, |log_id| log_id.index),
         purged_index: metrics.purged.map_or(0, |log_id| log_id.index),
         replicas: replicas.into_iter().collect(),

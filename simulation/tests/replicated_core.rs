@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use madsim::rand::Rng;
-use parley_shards::client::ClusterClient;
 use parley::smoke::{self, Ack, SmokeOptions};
 use parley_raft::NodeId;
+use parley_shards::client::ClusterClient;
 use parley_shards::RaftTiming;
 use parley_simulation::{
     init_tracing, replay_command, seeds_to_run, SimCluster, SimClusterOptions,
