@@ -13,6 +13,9 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/parley.core.v1.rs"));
 }
 
+pub mod checkers;
+pub mod history;
+
 mod dedup;
 mod error;
 mod ids;

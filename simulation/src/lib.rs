@@ -9,6 +9,12 @@
 
 #[cfg(madsim)]
 mod cluster;
+#[cfg(madsim)]
+pub mod faults;
+#[cfg(madsim)]
+pub mod run;
+#[cfg(madsim)]
+pub mod workload;
 
 #[cfg(madsim)]
 pub use cluster::{SimCluster, SimClusterOptions};
@@ -43,7 +49,7 @@ pub fn seeds_to_run(seeds: &[u64]) -> Vec<u64> {
 /// Installs a tracing subscriber that follows `RUST_LOG` (default: warn).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "warn,openraft=error".into());
+        .unwrap_or_else(|_| "warn,openraft=off".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_test_writer()

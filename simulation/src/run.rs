@@ -1,0 +1,369 @@
+//! One seeded run of a whole cluster: a safety phase with faults, then a
+//! liveness phase with every fault healed, then the checkers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parley_core::checkers::{check_all, Violation};
+use parley_core::history::{Event, History, ObservedMessage, RaftObserved, ReplicaRead};
+use parley_shards::client::ClusterClient;
+use sha2::{Digest, Sha256};
+
+use crate::cluster::{SimCluster, SimClusterOptions};
+use crate::faults::{self, FaultCounts, FaultMix};
+use crate::workload::{self, device_key, Cursors, Population, Recorder};
+
+/// Invariant name of the liveness check.
+pub const LIVENESS: &str = "liveness_delivery";
+
+/// What one seeded run does.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub seed: u64,
+    pub faults: FaultMix,
+    /// Simulated seconds of faults.
+    pub safety_secs: u64,
+    /// Simulated seconds, after healing, within which every acknowledged
+    /// message must reach every member device.
+    pub liveness_secs: u64,
+    pub users: usize,
+    pub sends_per_device: usize,
+}
+
+impl RunOptions {
+    pub fn new(seed: u64, faults: FaultMix) -> Self {
+        RunOptions {
+            seed,
+            faults,
+            safety_secs: 20,
+            liveness_secs: 30,
+            users: 4,
+            sends_per_device: 15,
+        }
+    }
+}
+
+/// The verdict of one seed.
+#[derive(Clone, Debug)]
+pub struct SeedReport {
+    pub seed: u64,
+    pub simulated_ms: u64,
+    pub faults: FaultCounts,
+    pub violations: Vec<Violation>,
+    pub events: usize,
+    pub acknowledged: usize,
+    /// SHA-256 of the whole history: equal for two runs of one seed.
+    pub history_digest: String,
+}
+
+/// Runs one seed in a fresh madsim runtime on a fresh thread.
+///
+/// The thread matters for replay: std's `HashMap` hashing keys are
+/// per-thread state that madsim seeds once per thread, so a second run on
+/// the same thread would hash differently and could take another path.
+pub fn run_seed(options: &RunOptions) -> SeedReport {
+    let options = options.clone();
+    let seed = options.seed;
+    std::thread::spawn(move || {
+        let runtime =
+            madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        runtime.block_on(scenario(options))
+    })
+    .join()
+    .unwrap_or_else(|panic| {
+        eprintln!("seed {seed} panicked; replay it with parley-sim --first-seed {seed} --seeds 1");
+        std::panic::resume_unwind(panic)
+    })
+}
+
+/// Runs one whole scenario inside the current madsim runtime.
+pub async fn scenario(options: RunOptions) -> SeedReport {
+    let started = tokio::time::Instant::now();
+    let mut cluster = SimCluster::start(&SimClusterOptions::default());
+    let gateway = cluster.start_gateway(Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cluster = Arc::new(cluster);
+    let clients = cluster.client_node("clients", 1);
+    let chaos = cluster.client_node("chaos", 2);
+    let recorder = Recorder::new();
+    let mut violations = Vec::new();
+
+    let client = workload::connect(&gateway).await;
+    let users = options.users;
+    let setup_client = client.clone();
+    let population = clients
+        .spawn(async move { workload::populate(&setup_client, users).await })
+        .await
+        .expect("setup task");
+    let population = match population {
+        Ok(population) => population,
+        Err(status) => {
+            violations.push(Violation {
+                invariant: "setup",
+                detail: format!("population failed: {status}"),
+            });
+            return report(&options, started, FaultCounts::new(), violations, &recorder);
+        }
+    };
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let cursors: Cursors = Arc::default();
+    let node_client = cluster.cluster_client();
+    chaos.spawn(poll_raft(
+        node_client.clone(),
+        recorder.clone(),
+        stopped.clone(),
+    ));
+    let senders = start_devices(
+        &clients,
+        &client,
+        &population,
+        &options,
+        &recorder,
+        &cursors,
+        &stopped,
+    );
+
+    let until = tokio::time::Instant::now() + Duration::from_secs(options.safety_secs);
+    let (fault_cluster, fault_client, mix) =
+        (cluster.clone(), node_client.clone(), options.faults.clone());
+    let faults = chaos
+        .spawn(
+            async move { faults::inject_until(&fault_cluster, &fault_client, &mix, until).await },
+        )
+        .await
+        .expect("fault task");
+    for sender in senders {
+        let _ = sender.await;
+    }
+
+    violations
+        .extend(await_delivery(&population, &recorder, &cursors, options.liveness_secs).await);
+    let _ = stop.send(true);
+    let (read_client, read_recorder, read_population) =
+        (node_client.clone(), recorder.clone(), population.clone());
+    chaos
+        .spawn(async move { read_replicas(&read_client, &read_population, &read_recorder).await })
+        .await
+        .expect("replica read task");
+
+    violations.extend(check_all(&recorder.snapshot()));
+    report(&options, started, faults, violations, &recorder)
+}
+
+fn start_devices(
+    clients: &madsim::runtime::NodeHandle,
+    client: &parley_gateway::proto::parley_client::ParleyClient<tonic::transport::Channel>,
+    population: &Population,
+    options: &RunOptions,
+    recorder: &Recorder,
+    cursors: &Cursors,
+    stopped: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<madsim::task::JoinHandle<()>> {
+    let operations = Arc::new(AtomicU64::new(0));
+    let mut senders = Vec::new();
+    for device in &population.devices {
+        let conversations = population.conversations_of(&device.user_id);
+        clients.spawn(workload::run_session(
+            client.clone(),
+            device.clone(),
+            conversations.clone(),
+            recorder.clone(),
+            cursors.clone(),
+            stopped.clone(),
+        ));
+        senders.push(clients.spawn(workload::run_sender(
+            client.clone(),
+            device.clone(),
+            conversations,
+            options.sends_per_device,
+            recorder.clone(),
+            operations.clone(),
+            cursors.clone(),
+        )));
+    }
+    senders
+}
+
+/// Waits until every member device has every acknowledged message, and
+/// reports the devices still missing some after `bound_secs`.
+async fn await_delivery(
+    population: &Population,
+    recorder: &Recorder,
+    cursors: &Cursors,
+    bound_secs: u64,
+) -> Vec<Violation> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(bound_secs);
+    loop {
+        let missing = missing_deliveries(population, &recorder.snapshot(), cursors);
+        if missing.is_empty() {
+            return Vec::new();
+        }
+        if tokio::time::Instant::now() > deadline {
+            return missing
+                .into_iter()
+                .map(|detail| Violation {
+                    invariant: LIVENESS,
+                    detail: format!("{detail} {bound_secs} s after healing"),
+                })
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn missing_deliveries(
+    population: &Population,
+    history: &History,
+    cursors: &Cursors,
+) -> Vec<String> {
+    let mut acknowledged: BTreeMap<&str, u64> = BTreeMap::new();
+    for event in history.events() {
+        if let Event::SendAcked(acked) = event {
+            let highest = acknowledged
+                .entry(acked.conversation_id.as_str())
+                .or_default();
+            *highest = (*highest).max(acked.seq);
+        }
+    }
+    let cursors = cursors
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut missing = Vec::new();
+    for device in &population.devices {
+        for conversation_id in population.conversations_of(&device.user_id) {
+            let expected = acknowledged
+                .get(conversation_id.as_str())
+                .copied()
+                .unwrap_or(0);
+            let have = cursors
+                .get(&(device_key(device), conversation_id.clone()))
+                .copied()
+                .unwrap_or(0);
+            if have < expected {
+                missing.push(format!(
+                    "device {} has {conversation_id} up to seq {have}, but seq {expected} was acknowledged",
+                    device_key(device)
+                ));
+            }
+        }
+    }
+    missing
+}
+
+/// Records each node's Raft view of every shard until stopped.
+async fn poll_raft(
+    client: ClusterClient,
+    recorder: Recorder,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    while !*stopped.borrow() {
+        for index in 0..client.addresses().len() {
+            let Ok(Ok(status)) =
+                tokio::time::timeout(Duration::from_secs(1), client.status(index, false)).await
+            else {
+                continue;
+            };
+            for shard in status.shards {
+                let committed = if shard.last_applied_index > 0 {
+                    vec![(shard.last_applied_index, shard.last_applied_term)]
+                } else {
+                    Vec::new()
+                };
+                recorder.record(RaftObserved {
+                    node_id: status.node_id,
+                    shard_id: u64::from(shard.shard_id),
+                    term: shard.term,
+                    leader: (shard.role == "leader").then_some(status.node_id),
+                    committed,
+                    at_ms: recorder.now_ms(),
+                });
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Reads every conversation from every replica after healing.
+async fn read_replicas(client: &ClusterClient, population: &Population, recorder: &Recorder) {
+    let mut hosted: Vec<(u64, BTreeSet<u32>, u32)> = Vec::new();
+    for index in 0..client.addresses().len() {
+        if let Ok(status) = client.status(index, false).await {
+            hosted.push((
+                status.node_id,
+                status.shards.iter().map(|shard| shard.shard_id).collect(),
+                status.shard_count,
+            ));
+        }
+    }
+    for (conversation_id, members) in &population.conversations {
+        let reader = &members[0];
+        let Ok((_, applied_index)) = client
+            .history_linearizable(conversation_id, reader, Duration::from_secs(10))
+            .await
+        else {
+            continue;
+        };
+        for (index, (node_id, shards, shard_count)) in hosted.iter().enumerate() {
+            let shard = parley_shards::shard_map::shard_of_id(conversation_id, *shard_count);
+            if !shards.contains(&shard) {
+                continue;
+            }
+            let read = client
+                .history_all(
+                    index,
+                    conversation_id,
+                    reader,
+                    parley_shards::proto::Consistency::Local,
+                    applied_index,
+                )
+                .await;
+            if let Ok((messages, _)) = read {
+                recorder.record(ReplicaRead {
+                    node_id: *node_id,
+                    shard_id: u64::from(shard),
+                    conversation_id: conversation_id.clone(),
+                    messages: messages
+                        .into_iter()
+                        .map(|message| ObservedMessage {
+                            seq: message.seq,
+                            sender_user: message.sender_user,
+                            sender_device: message.sender_device,
+                            client_message_id: message.client_message_id,
+                            server_time_ms: message.server_time_ms,
+                        })
+                        .collect(),
+                    at_ms: recorder.now_ms(),
+                });
+            }
+        }
+    }
+}
+
+fn report(
+    options: &RunOptions,
+    started: tokio::time::Instant,
+    faults: FaultCounts,
+    mut violations: Vec<Violation>,
+    recorder: &Recorder,
+) -> SeedReport {
+    let history = recorder.snapshot();
+    let acknowledged = history
+        .events()
+        .iter()
+        .filter(|event| matches!(event, Event::SendAcked(_)))
+        .count();
+    let digest = Sha256::digest(format!("{:?}", history.events()).as_bytes());
+    violations.sort_by(|a, b| (a.invariant, &a.detail).cmp(&(b.invariant, &b.detail)));
+    SeedReport {
+        seed: options.seed,
+        simulated_ms: started.elapsed().as_millis() as u64,
+        faults,
+        violations,
+        events: history.len(),
+        acknowledged,
+        history_digest: hex::encode(digest),
+    }
+}
