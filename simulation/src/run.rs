@@ -18,6 +18,9 @@ use crate::workload::{self, device_key, Cursors, Population, Recorder};
 /// Invariant name of the liveness check.
 pub const LIVENESS: &str = "liveness_delivery";
 
+/// Invariant name for a run that panicked.
+pub const PANIC: &str = "panic";
+
 /// What one seeded run does.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -58,23 +61,40 @@ pub struct SeedReport {
     pub history_digest: String,
 }
 
-/// Runs one seed in a fresh madsim runtime on a fresh thread.
+/// Runs one seed in a fresh madsim runtime on a fresh thread. A panic in
+/// the run (an assertion in the product, openraft's or the harness's)
+/// becomes a `panic` violation of that seed.
 ///
 /// The thread matters for replay: std's `HashMap` hashing keys are
 /// per-thread state that madsim seeds once per thread, so a second run on
 /// the same thread would hash differently and could take another path.
 pub fn run_seed(options: &RunOptions) -> SeedReport {
-    let options = options.clone();
+    let thread_options = options.clone();
     let seed = options.seed;
-    std::thread::spawn(move || {
+    let outcome = std::thread::spawn(move || {
         let runtime =
             madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
-        runtime.block_on(scenario(options))
+        runtime.block_on(scenario(thread_options))
     })
-    .join()
-    .unwrap_or_else(|panic| {
-        eprintln!("seed {seed} panicked; replay it with parley-sim --first-seed {seed} --seeds 1");
-        std::panic::resume_unwind(panic)
+    .join();
+    outcome.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
+            .unwrap_or_else(|| "a non-text panic".into());
+        SeedReport {
+            seed,
+            simulated_ms: 0,
+            faults: FaultCounts::new(),
+            violations: vec![Violation {
+                invariant: PANIC,
+                detail: message,
+            }],
+            events: 0,
+            acknowledged: 0,
+            history_digest: String::new(),
+        }
     })
 }
 
