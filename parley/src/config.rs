@@ -48,6 +48,8 @@ pub struct NodeConfig {
     pub listen: String,
     pub data_dir: PathBuf,
     pub cluster: ClusterSettings,
+    /// Skew of the clock this node stamps appends with, in milliseconds.
+    pub clock_offset_ms: i64,
 }
 
 /// Parses a `--peer ID=HOST:PORT` flag value.

@@ -63,6 +63,10 @@ struct NodeArgs {
     /// Number of shard groups; must be the same on every node. Default 8.
     #[arg(long)]
     shards: Option<u32>,
+    /// Milliseconds added to this node's clock when it stamps messages
+    /// (negative moves it back); for clock-skew testing. Default 0.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    clock_offset_ms: i64,
 }
 
 #[derive(Args)]
@@ -205,6 +209,7 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
         cluster.limits.body_bytes_max = limit;
     }
     Ok(NodeConfig {
+        clock_offset_ms: args.clock_offset_ms,
         node_id,
         listen,
         data_dir,

@@ -41,7 +41,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         config.node_id,
         config.cluster.clone(),
         engine,
-        NodeClock::default(),
+        NodeClock::with_offset_ms(config.clock_offset_ms),
     )
     .await
     .context("failed to start the node's shard replicas")?;

@@ -55,6 +55,8 @@ pub struct TransportSettings {
     pub snapshot_timeout: Duration,
     /// Largest message the transport encodes or decodes, in bytes.
     pub message_bytes_max: usize,
+    /// This node's address for each peer.
+    pub peer_addresses: BTreeMap<NodeId, String>,
 }
 
 /// The channels from this node to its peers, one per peer, shared by shards.
@@ -112,10 +114,18 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        // This node's own address for the peer wins over the one recorded in
+        // the Raft membership, which is the bootstrapping node's view.
+        let address = self
+            .settings
+            .peer_addresses
+            .get(&target)
+            .cloned()
+            .unwrap_or_else(|| node.addr.clone());
         PeerClient {
             shard: self.shard,
             target,
-            address: node.addr.clone(),
+            address,
             channels: self.channels.clone(),
             settings: self.settings.clone(),
         }

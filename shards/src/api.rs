@@ -8,7 +8,8 @@ use parley_raft::FeedItem;
 
 use crate::proto::{
     CommittedEntry, ConversationsReply, ConversationsRequest, HistoryReply, HistoryRequest,
-    ProposeReply, ProposeRequest, StatusReply, StatusRequest, SubscribeRequest,
+    ProposeReply, ProposeRequest, SetClockOffsetReply, SetClockOffsetRequest, StatusReply,
+    StatusRequest, SubscribeRequest,
 };
 
 /// The tonic service type that serves `NodeApiService`; madsim's generated
@@ -59,6 +60,23 @@ impl NodeApi for NodeApiService {
             stream.recv().await.map(|item| (item, stream))
         });
         Ok(tonic::Response::new(Box::pin(stream)))
+    }
+
+    async fn set_clock_offset(
+        &self,
+        request: tonic::Request<SetClockOffsetRequest>,
+    ) -> Result<tonic::Response<SetClockOffsetReply>, tonic::Status> {
+        let offset_ms = request.into_inner().offset_ms;
+        let previous_offset_ms = self.host.clock().set_offset_ms(offset_ms);
+        tracing::info!(
+            node = self.host.node_id(),
+            offset_ms,
+            previous_offset_ms,
+            "clock offset set"
+        );
+        Ok(tonic::Response::new(SetClockOffsetReply {
+            previous_offset_ms,
+        }))
     }
 
     async fn conversations(

@@ -23,9 +23,14 @@ impl NodeClock {
         }
     }
 
-    /// Sets the skew applied to every later reading.
-    pub fn set_offset_ms(&self, offset_ms: i64) {
-        self.offset_ms.store(offset_ms, Ordering::Relaxed);
+    /// Sets the skew applied to every later reading; returns the previous
+    /// one.
+    pub fn set_offset_ms(&self, offset_ms: i64) -> i64 {
+        self.offset_ms.swap(offset_ms, Ordering::Relaxed)
+    }
+
+    pub fn offset_ms(&self) -> i64 {
+        self.offset_ms.load(Ordering::Relaxed)
     }
 
     /// Returns milliseconds since the Unix epoch, skewed by the offset and

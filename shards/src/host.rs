@@ -79,6 +79,7 @@ impl NodeHost {
             settings_digest: settings.digest(),
             snapshot_timeout: Duration::from_millis(settings.raft.snapshot_send_timeout_ms),
             message_bytes_max: settings.message_bytes_max,
+            peer_addresses: settings.nodes.clone(),
         });
 
         let registry = ShardRegistry::default();
@@ -135,6 +136,11 @@ impl NodeHost {
         self.replicas
             .get(&shard)
             .map(|replica| replica.applied.clone())
+    }
+
+    /// Returns the clock this node stamps appends with.
+    pub fn clock(&self) -> &NodeClock {
+        &self.clock
     }
 
     /// Returns this node's Raft member of `shard`.
@@ -547,7 +553,9 @@ fn shard_status(shard: ShardId, replica: &Replica, include_digests: bool) -> Sha
         term: metrics.current_term,
         last_log_index: metrics.last_log_index.unwrap_or(0),
         last_applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
-        last_applied_term: metrics.last_applied.map_or(0, |log_id| log_id.leader_id.term),
+        last_applied_term: metrics
+            .last_applied
+            .map_or(0, |log_id| log_id.leader_id.term),
         snapshot_index: metrics.snapshot.map_or(0, |log_id| log_id.index),
         purged_index: metrics.purged.map_or(0, |log_id| log_id.index),
         replicas: replicas.into_iter().collect(),

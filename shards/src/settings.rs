@@ -115,10 +115,14 @@ impl ClusterSettings {
     }
 
     /// Returns a digest of every setting replicas must agree on.
+    ///
+    /// Node ids are covered but their addresses are not: each node may
+    /// reach a peer through its own address for it (a proxy, a NAT).
     pub fn digest(&self) -> u64 {
+        let node_ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         let canonical = format!(
             "shards={};nodes={:?};limits={:?};raft={:?};message_bytes_max={}",
-            self.shard_count, self.nodes, self.limits, self.raft, self.message_bytes_max
+            self.shard_count, node_ids, self.limits, self.raft, self.message_bytes_max
         );
         let hash = Sha256::digest(canonical.as_bytes());
         let mut first = [0u8; 8];
