@@ -6,6 +6,9 @@
 //! the same cluster client and smoke workload as `parley smoke`. Under
 //! `--cfg madsim` every clock read, random draw and network delay comes
 //! from the seed, so one seed always gives one run.
+//!
+//! `workload` and `verify` also build without madsim: the chaos tool drives
+//! real processes with the same clients and checks.
 
 #[cfg(madsim)]
 mod cluster;
@@ -13,7 +16,7 @@ mod cluster;
 pub mod faults;
 #[cfg(madsim)]
 pub mod run;
-#[cfg(madsim)]
+pub mod verify;
 pub mod workload;
 
 #[cfg(madsim)]
