@@ -185,6 +185,9 @@ fn start_devices(
 ) -> Vec<madsim::task::JoinHandle<()>> {
     let operations = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::new();
+    if let Some(owner) = population.devices.first() {
+        senders.push(clients.spawn(workload::run_member_churn(client.clone(), owner.clone(), 4)));
+    }
     for device in &population.devices {
         let conversations = population.conversations_of(&device.user_id);
         clients.spawn(workload::run_session(

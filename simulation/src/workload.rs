@@ -17,8 +17,9 @@ use parley_core::history::{
 use parley_gateway::proto::parley_client::ParleyClient;
 use parley_gateway::proto::server_event::Event as ServerEventKind;
 use parley_gateway::proto::{
-    client_event, ClientEvent, CreateDirectRequest, CreateGroupRequest, Cursor, DeliveredAck,
-    LinkDeviceRequest, MarkReadRequest, ReceiptKind, RegisterRequest, SendRequest, SessionOpen,
+    client_event, AddMembersRequest, ClientEvent, CreateDirectRequest, CreateGroupRequest, Cursor,
+    DeliveredAck, LinkDeviceRequest, MarkReadRequest, ReceiptKind, RegisterRequest,
+    RemoveMemberRequest, SendRequest, SessionOpen,
 };
 use tonic::transport::Channel;
 
@@ -229,7 +230,57 @@ pub async fn populate(
     population
         .conversations
         .insert("group0".into(), users.clone());
+    register_churn_user(client).await?;
     Ok(population)
+}
+
+/// The user that `run_member_churn` adds to and removes from the group. It
+/// has no session, so its comings and goings change no delivery a
+/// liveness check expects.
+pub const CHURN_USER: &str = "churn0";
+
+async fn register_churn_user(client: &ParleyClient<Channel>) -> Result<(), tonic::Status> {
+    let request = RegisterRequest {
+        user_id: CHURN_USER.into(),
+        device_id: "phone".into(),
+    };
+    let reply = retry(|| {
+        let (mut client, request) = (client.clone(), request.clone());
+        async move { client.register(request).await }
+    })
+    .await;
+    match reply {
+        Ok(_) => Ok(()),
+        Err(status) if status.code() == tonic::Code::AlreadyExists => Ok(()),
+        Err(status) => Err(status),
+    }
+}
+
+/// Adds `CHURN_USER` to `group0` and removes it again, `rounds` times, as
+/// the group's owner: membership changes racing with sends and faults.
+pub async fn run_member_churn(client: ParleyClient<Channel>, owner: Device, rounds: usize) {
+    for _ in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(300..2_000))).await;
+        let add = AddMembersRequest {
+            conversation_id: "group0".into(),
+            user_ids: vec![CHURN_USER.into()],
+        };
+        let _ = retry(|| {
+            let (mut client, add, token) = (client.clone(), add.clone(), owner.token.clone());
+            async move { client.add_members(with_token(add, &token)).await }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(300..2_000))).await;
+        let remove = RemoveMemberRequest {
+            conversation_id: "group0".into(),
+            user_id: CHURN_USER.into(),
+        };
+        let _ = retry(|| {
+            let (mut client, remove, token) = (client.clone(), remove.clone(), owner.token.clone());
+            async move { client.remove_member(with_token(remove, &token)).await }
+        })
+        .await;
+    }
 }
 
 fn token_of(population: &Population, user: &str) -> String {
