@@ -20,6 +20,22 @@ pub struct Gateway {
     pub ephemeral: Ephemeral,
     pub delivered: Arc<DeliveredBatcher>,
     pub signer: TokenSigner,
+    /// Whether shutdown has begun. Every open session ends when this turns
+    /// true, so that the server's graceful shutdown can finish.
+    pub stopping: tokio::sync::watch::Sender<bool>,
+}
+
+impl Gateway {
+    /// Ends every open session (and any opened later) with UNAVAILABLE.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Completes once shutdown has begun.
+    pub async fn wait_stopping(&self) {
+        let mut stopping = self.stopping.subscribe();
+        let _ = stopping.wait_for(|stopping| *stopping).await;
+    }
 }
 
 /// Returns the gateway's wall clock in milliseconds since the Unix epoch;

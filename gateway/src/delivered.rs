@@ -5,7 +5,7 @@
 //! acked seq per (conversation, device) and proposes those every flush
 //! interval, so a burst of acks becomes one MarkDelivered per device.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use parley_core::proto::command::Kind;
@@ -17,7 +17,7 @@ use crate::cluster::Cluster;
 /// Acks waiting for the next flush.
 #[derive(Default)]
 pub struct DeliveredBatcher {
-    pending: Mutex<HashMap<(String, DeviceIdentity), u64>>,
+    pending: Mutex<BTreeMap<(String, DeviceIdentity), u64>>,
 }
 
 impl DeliveredBatcher {
@@ -41,7 +41,7 @@ impl DeliveredBatcher {
                 .pending
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            pending.drain().collect()
+            std::mem::take(&mut *pending).into_iter().collect()
         };
         let proposals = batch.into_iter().map(|((conversation_id, identity), seq)| {
             let mark = MarkDelivered {

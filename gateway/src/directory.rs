@@ -5,7 +5,7 @@
 //! checks membership on every send and history read, so a stale cache can
 //! delay a delivery but never leak or accept a message.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
 
 use parley_core::proto::command::Kind;
@@ -24,9 +24,9 @@ pub struct ConversationEntry {
 
 #[derive(Default)]
 struct State {
-    conversations: HashMap<String, ConversationEntry>,
-    conversations_of_user: HashMap<String, BTreeSet<String>>,
-    users: HashSet<String>,
+    conversations: BTreeMap<String, ConversationEntry>,
+    conversations_of_user: BTreeMap<String, BTreeSet<String>>,
+    users: BTreeSet<String>,
 }
 
 impl State {
@@ -73,6 +73,9 @@ pub struct Directory {
     shard_count: u32,
     /// Per shard: the log index the cache has applied.
     applied: Vec<watch::Sender<u64>>,
+    /// Per shard: whether the cache has loaded its conversations at least
+    /// once. Before that, the cache lists none of the shard's members.
+    loaded: Vec<watch::Sender<bool>>,
 }
 
 impl Directory {
@@ -81,6 +84,7 @@ impl Directory {
             state: RwLock::new(State::default()),
             shard_count,
             applied: (0..shard_count).map(|_| watch::channel(0).0).collect(),
+            loaded: (0..shard_count).map(|_| watch::channel(false).0).collect(),
         }
     }
 
@@ -129,6 +133,21 @@ impl Directory {
             state.users.extend(reply.user_ids.iter().cloned());
         }
         self.set_applied(shard, reply.applied_index);
+        if let Some(loaded) = self.loaded.get(shard as usize) {
+            loaded.send_replace(true);
+        }
+    }
+
+    /// Waits until every shard has been loaded once. Returns false if that
+    /// takes longer than `timeout`.
+    pub async fn wait_loaded(&self, timeout: std::time::Duration) -> bool {
+        let all_loaded = async {
+            for loaded in &self.loaded {
+                let mut receiver = loaded.subscribe();
+                let _ = receiver.wait_for(|loaded| *loaded).await;
+            }
+        };
+        tokio::time::timeout(timeout, all_loaded).await.is_ok()
     }
 
     /// Applies one committed command; returns the membership change it

@@ -12,7 +12,7 @@
 //! last-seen times are lost when the gateway restarts; a cross-gateway
 //! ephemeral channel would fix both.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,8 +26,8 @@ type TypingKey = (String, DeviceIdentity);
 #[derive(Default)]
 struct State {
     /// (conversation, device) to the typing deadline, in ms since the epoch.
-    typing: HashMap<TypingKey, u64>,
-    last_seen_ms: HashMap<String, u64>,
+    typing: BTreeMap<TypingKey, u64>,
+    last_seen_ms: BTreeMap<String, u64>,
 }
 
 /// Typing and presence of the users connected to this gateway.

@@ -6,8 +6,11 @@
 //! buffering more; the session then refills that conversation from history
 //! once it has drained its queue. Memory per session is therefore bounded
 //! by the queue size, whatever a slow device does.
+//!
+//! Sessions are kept in ordered maps, so fan-out visits them in the same
+//! order on every run: under the simulator one seed must give one run.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -86,8 +89,8 @@ impl SessionHandle {
 
 #[derive(Default)]
 struct State {
-    by_conversation: HashMap<String, HashMap<SessionId, SessionHandle>>,
-    by_user: HashMap<String, HashMap<SessionId, SessionHandle>>,
+    by_conversation: BTreeMap<String, BTreeMap<SessionId, SessionHandle>>,
+    by_user: BTreeMap<String, BTreeMap<SessionId, SessionHandle>>,
 }
 
 /// All sessions of this gateway.
@@ -221,6 +224,6 @@ impl Hub {
     }
 
     pub fn session_count(&self) -> usize {
-        self.read().by_user.values().map(HashMap::len).sum()
+        self.read().by_user.values().map(BTreeMap::len).sum()
     }
 }

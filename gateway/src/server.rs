@@ -2,10 +2,15 @@
 //! reflection services beside the client API.
 
 use std::future::Future;
+use std::time::Duration;
 
 use crate::proto::parley_server::ParleyServer;
 use crate::service::ParleyService;
 use crate::{startup, GatewayConfig, GatewayError};
+
+/// How long shutdown waits for open connections to close after it has
+/// ended the sessions.
+const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(5);
 
 /// Serves the client API on `config.listen` until `shutdown` completes.
 pub async fn serve(
@@ -29,17 +34,39 @@ pub async fn serve(
         .build_v1()
         .map_err(|error| GatewayError::Server(format!("reflection service: {error}")))?;
 
+    let stopping = gateway.clone();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!(
+            sessions = stopping.hub.session_count(),
+            "gateway shutting down, ending sessions"
+        );
+        stopping.begin_shutdown();
+    };
+    let drain_expired = async {
+        gateway.wait_stopping().await;
+        tokio::time::sleep(SHUTDOWN_DRAIN_MAX).await;
+    };
+
     tracing::info!(listen = %gateway.config.listen, "gateway serving");
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ParleyServer::new(ParleyService::new(gateway.clone())))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,
-        )
-        .await
-        .map_err(|error| GatewayError::Server(error.to_string()))?;
+        );
+    tokio::select! {
+        served = server => served.map_err(|error| GatewayError::Server(error.to_string()))?,
+        // A client that stops reading keeps its connection open, and the
+        // graceful shutdown would wait for it forever.
+        () = drain_expired => tracing::warn!(
+            drain_max_s = SHUTDOWN_DRAIN_MAX.as_secs(),
+            sessions = gateway.hub.session_count(),
+            "connections still open after the shutdown drain; stopping without them"
+        ),
+    }
 
     gateway.delivered.flush(&gateway.cluster).await;
     tracing::info!("gateway stopped");

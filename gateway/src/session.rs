@@ -7,7 +7,7 @@
 //! drops on overflow, and whatever a commit-stream resume repeats, the
 //! device receives every message of a conversation once and in order.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -28,7 +28,7 @@ struct Session {
     gateway: Arc<Gateway>,
     handle: SessionHandle,
     outbound: Outbound,
-    cursors: HashMap<String, u64>,
+    cursors: BTreeMap<String, u64>,
 }
 
 /// Why a session ended.
@@ -36,6 +36,7 @@ enum End {
     ClientClosed,
     OutboundClosed,
     Failed(tonic::Status),
+    GatewayStopping,
 }
 
 /// Checks the opening cursors; fails with PERMISSION_DENIED naming the
@@ -78,33 +79,53 @@ pub async fn run(
         gateway: gateway.clone(),
         handle: handle.clone(),
         outbound,
-        cursors: HashMap::new(),
+        cursors: BTreeMap::new(),
     };
     announce_presence(&gateway, &identity.user_id);
 
-    let end = match session.start(&open).await {
-        Err(end) => end,
-        Ok(()) => loop {
-            let step = tokio::select! {
-                outgoing = queue.recv() => match outgoing {
-                    Some(outgoing) => session.deliver(outgoing).await,
-                    None => Err(End::OutboundClosed),
-                },
-                event = inbound.message() => session.handle_client(event),
-                () = overflow.wake.notified() => Ok(()),
-            };
-            let refill = match step {
-                Ok(()) => session.refill_dirty(overflow.take()).await,
-                Err(end) => Err(end),
-            };
-            if let Err(end) = refill {
-                break end;
-            }
-        },
+    let serve = async {
+        match session.start(&open).await {
+            Err(end) => end,
+            Ok(()) => loop {
+                let step = tokio::select! {
+                    outgoing = queue.recv() => match outgoing {
+                        Some(outgoing) => session.deliver(outgoing).await,
+                        None => Err(End::OutboundClosed),
+                    },
+                    event = inbound.message() => session.handle_client(event),
+                    () = overflow.wake.notified() => Ok(()),
+                };
+                let refill = match step {
+                    Ok(()) => session.refill_dirty(overflow.take()).await,
+                    Err(end) => Err(end),
+                };
+                if let Err(end) = refill {
+                    break end;
+                }
+            },
+        }
+    };
+    // The server's graceful shutdown waits for every open call to finish,
+    // so sessions must end on their own once shutdown begins.
+    let end = tokio::select! {
+        biased;
+        end = serve => end,
+        () = gateway.wait_stopping() => End::GatewayStopping,
     };
 
-    if let End::Failed(status) = end {
-        let _ = session.outbound.send(Err(status)).await;
+    match end {
+        End::Failed(status) => {
+            let _ = session.outbound.send(Err(status)).await;
+        }
+        // No waiting here: a device that stopped reading must not hold up
+        // the shutdown. Without room for the status its stream just ends.
+        End::GatewayStopping => {
+            let status = tonic::Status::unavailable(
+                "the gateway is shutting down; reconnect and resume from your cursors",
+            );
+            let _ = session.outbound.try_send(Err(status));
+        }
+        End::ClientClosed | End::OutboundClosed => {}
     }
     let remaining = gateway.hub.unregister(&handle);
     if remaining == 0 {
@@ -126,7 +147,7 @@ impl Session {
     /// its cursor, then the ready event.
     async fn start(&mut self, open: &SessionOpen) -> Result<(), End> {
         let user = self.handle.identity.user_id.clone();
-        let opened: HashMap<&str, u64> = open
+        let opened: BTreeMap<&str, u64> = open
             .cursors
             .iter()
             .map(|cursor| (cursor.conversation_id.as_str(), cursor.seq))

@@ -109,10 +109,21 @@ pub async fn start(config: GatewayConfig) -> Result<Arc<Gateway>, GatewayError> 
         ephemeral: Ephemeral::new(config.typing_ttl),
         delivered: Arc::new(DeliveredBatcher::default()),
         signer: TokenSigner::new(config.token_secret.clone()),
+        stopping: tokio::sync::watch::channel(false).0,
         config,
     });
     for (shard, nodes) in replicas {
         tokio::spawn(feed::follow_shard(gateway.clone(), shard, nodes));
+    }
+    // Until a shard is loaded the directory lists none of its members, so
+    // sessions would be refused or follow too few conversations.
+    if !gateway.directory.wait_loaded(DISCOVERY_TIMEOUT).await {
+        return Err(GatewayError::Server(format!(
+            "the nodes {:?} did not return every shard's conversations within {} s; \
+             check that they run",
+            gateway.cluster.client().addresses(),
+            DISCOVERY_TIMEOUT.as_secs()
+        )));
     }
     spawn_background(&gateway);
     tracing::info!(shards = shard_count, "gateway following the cluster");

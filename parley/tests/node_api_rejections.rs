@@ -21,7 +21,6 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::ProcessCluster;
-use parley_shards::client::ClusterClient;
 use parley_core::proto::command::Kind;
 use parley_core::proto::command_result::Outcome;
 use parley_core::proto::{
@@ -29,6 +28,7 @@ use parley_core::proto::{
     RejectionCode,
 };
 use parley_core::{Limits, COMMAND_VERSION};
+use parley_shards::client::ClusterClient;
 use parley_shards::proto::node_api_client::NodeApiClient;
 use parley_shards::proto::{
     Consistency, HistoryReply, HistoryRequest, ProposeReply, ProposeRequest,

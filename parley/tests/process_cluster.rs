@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::ProcessCluster;
-use parley_shards::client::ClusterClient;
 use parley::smoke::{self, Ack, SmokeOptions};
+use parley_shards::client::ClusterClient;
 
 const LEADER_WAIT: Duration = Duration::from_secs(60);
 

@@ -4,7 +4,7 @@
 //! sessions from their cursors. Every request, response and delivery goes
 //! into the run's history.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -293,7 +293,7 @@ fn token_of(population: &Population, user: &str) -> String {
 }
 
 /// Per device and conversation, the last seq the device has.
-pub type Cursors = Arc<Mutex<HashMap<(String, String), u64>>>;
+pub type Cursors = Arc<Mutex<BTreeMap<(String, String), u64>>>;
 
 /// Sends `sends` messages from `device`, retrying each with the same
 /// client message id, and now and then marks a conversation read.
@@ -368,6 +368,13 @@ async fn mark_read(
     if seq == 0 {
         return;
     }
+    // A third of the marks are stale, as from a device that lags behind
+    // its user's other devices: the watermark must not move back.
+    let seq = if thread_rng().gen_bool(0.33) {
+        thread_rng().gen_range(1..=seq)
+    } else {
+        seq
+    };
     let request = MarkReadRequest {
         conversation_id: conversation_id.to_string(),
         seq,

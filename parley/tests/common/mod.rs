@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use parley_shards::client::ClusterClient;
 
+pub mod gateway;
+
 pub struct ProcessCluster {
     pub root: tempfile::TempDir,
     pub addresses: Vec<String>,
