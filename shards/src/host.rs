@@ -558,6 +558,9 @@ fn shard_status(shard: ShardId, replica: &Replica, include_digests: bool) -> Sha
             .map_or(0, |log_id| log_id.leader_id.term),
         snapshot_index: metrics.snapshot.map_or(0, |log_id| log_id.index),
         purged_index: metrics.purged.map_or(0, |log_id| log_id.index),
+        vote_term: metrics.vote.leader_id.term,
+        vote_node_id: metrics.vote.leader_id.voted_for().unwrap_or(0),
+        vote_committed: metrics.vote.committed,
         replicas: replicas.into_iter().collect(),
         state_digest,
     }

@@ -103,8 +103,9 @@ pub async fn poll_raft(
                 recorder.record(RaftObserved {
                     node_id: status.node_id,
                     shard_id: u64::from(shard.shard_id),
-                    term: shard.term,
-                    leader: (shard.role == "leader").then_some(status.node_id),
+                    term: shard.vote_term,
+                    leader: (shard.vote_committed && shard.vote_node_id == status.node_id)
+                        .then_some(status.node_id),
                     committed,
                     at_ms: recorder.now_ms(),
                 });

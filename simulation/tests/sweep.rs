@@ -10,6 +10,12 @@ use parley_simulation::{init_tracing, seeds_to_run};
 /// Seeds of the CI sweep.
 const SWEEP_SEEDS: std::ops::RangeInclusive<u64> = 1..=32;
 
+/// Seeds that once exposed a bug, kept so it stays fixed. Seed 1699 found
+/// two replicas of shard 0 leading term 9 at once: openraft's default
+/// leader id allows one leader per (term, node), and the cluster now runs
+/// with its single-term-leader mode, one leader per term.
+const REGRESSION_SEEDS: &[u64] = &[1699];
+
 fn all_faults() -> FaultMix {
     "all".parse().expect("`all` is a fault mix")
 }
@@ -43,6 +49,20 @@ fn fault_sweep_finds_no_violations() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn regression_seeds_find_no_violations() {
+    init_tracing();
+    for &seed in REGRESSION_SEEDS {
+        let report = run_seed(&RunOptions::new(seed, all_faults()));
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed}: {:?}\n  replay: {}",
+            report.violations,
+            replay(seed)
+        );
+    }
 }
 
 #[test]
