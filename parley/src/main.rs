@@ -146,9 +146,27 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Commands::Chat(_) | Commands::Status(_) | Commands::Smoke(_)
+    ) {
+        exit_quietly_on_closed_stdout();
+    }
     if let Err(error) = run(cli) {
         eprintln!("error: {error:#}");
         std::process::exit(1);
+    }
+}
+
+/// Restores the default SIGPIPE action, so `parley status | head` ends
+/// quietly like other command-line tools instead of panicking on the
+/// closed pipe. Long-running commands (node, gateway, dev) keep Rust's
+/// default and never die because a log reader went away.
+fn exit_quietly_on_closed_stdout() {
+    // SAFETY: called before any thread starts; resetting a signal's
+    // action to the default is async-signal-safe and has no other effect.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
