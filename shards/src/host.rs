@@ -510,6 +510,13 @@ async fn start_replica(
             shard,
             message: error.to_string(),
         })?;
+    let pause_max = Duration::from_millis(settings.raft.election_timeout_ms_max);
+    tokio::spawn(crate::elections::break_split_votes(
+        raft.clone(),
+        node_id,
+        shard,
+        pause_max,
+    ));
     Ok(Replica { raft, applied })
 }
 

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod client;
 pub mod clock;
+mod elections;
 pub mod error;
 pub mod host;
 pub mod settings;

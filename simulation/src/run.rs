@@ -163,12 +163,13 @@ pub async fn scenario(options: RunOptions) -> SeedReport {
     let _ = stop.send(true);
     let (read_client, read_recorder, read_population) =
         (node_client.clone(), recorder.clone(), population.clone());
-    chaos
+    let unreadable = chaos
         .spawn(async move {
             verify::read_replicas(&read_client, &read_population, &read_recorder).await
         })
         .await
         .expect("replica read task");
+    violations.extend(unreadable);
 
     violations.extend(check_all(&recorder.snapshot()));
     report(&options, started, faults, violations, &recorder)

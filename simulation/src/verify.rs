@@ -116,41 +116,57 @@ pub async fn poll_raft(
 }
 
 /// Reads every conversation from every replica after healing.
-pub async fn read_replicas(client: &ClusterClient, population: &Population, recorder: &Recorder) {
-    let mut hosted: Vec<(u64, BTreeSet<u32>, u32)> = Vec::new();
+pub async fn read_replicas(
+    client: &ClusterClient,
+    population: &Population,
+    recorder: &Recorder,
+) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    let mut hosted: Vec<(usize, u64, BTreeSet<u32>, u32)> = Vec::new();
     for index in 0..client.addresses().len() {
-        if let Ok(status) = client.status(index, false).await {
-            hosted.push((
+        match client.status(index, false).await {
+            Ok(status) => hosted.push((
+                index,
                 status.node_id,
                 status.shards.iter().map(|shard| shard.shard_id).collect(),
                 status.shard_count,
-            ));
+            )),
+            Err(error) => violations.push(unreadable(format!(
+                "node {} did not report its status after healing: {error}",
+                client.addresses()[index]
+            ))),
         }
     }
     for (conversation_id, members) in &population.conversations {
         let reader = &members[0];
-        let Ok((_, applied_index)) = client
+        let linearizable = client
             .history_linearizable(conversation_id, reader, Duration::from_secs(10))
-            .await
-        else {
-            continue;
+            .await;
+        let applied_index = match linearizable {
+            Ok((_, applied_index)) => applied_index,
+            Err(error) => {
+                violations.push(unreadable(format!(
+                    "linearizable read of {conversation_id} failed after healing: {error}"
+                )));
+                continue;
+            }
         };
-        for (index, (node_id, shards, shard_count)) in hosted.iter().enumerate() {
+        for (index, node_id, shards, shard_count) in &hosted {
             let shard = parley_shards::shard_map::shard_of_id(conversation_id, *shard_count);
             if !shards.contains(&shard) {
                 continue;
             }
             let read = client
                 .history_all(
-                    index,
+                    *index,
                     conversation_id,
                     reader,
                     parley_shards::proto::Consistency::Local,
                     applied_index,
                 )
                 .await;
-            if let Ok((messages, _)) = read {
-                recorder.record(ReplicaRead {
+            match read {
+                Ok((messages, _)) => recorder.record(ReplicaRead {
                     node_id: *node_id,
                     shard_id: u64::from(shard),
                     conversation_id: conversation_id.clone(),
@@ -165,8 +181,20 @@ pub async fn read_replicas(client: &ClusterClient, population: &Population, reco
                         })
                         .collect(),
                     at_ms: recorder.now_ms(),
-                });
+                }),
+                Err(status) => violations.push(unreadable(format!(
+                    "node {node_id} could not serve a local read of {conversation_id} at index \
+                     {applied_index} after healing: {status}"
+                ))),
             }
         }
+    }
+    violations
+}
+
+fn unreadable(detail: String) -> Violation {
+    Violation {
+        invariant: LIVENESS,
+        detail,
     }
 }

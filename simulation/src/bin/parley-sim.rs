@@ -144,8 +144,17 @@ mod sweep {
             report.acknowledged,
             report.events
         );
-        for violation in report.violations.iter().take(5) {
-            println!("    {}: {}", violation.invariant, violation.detail);
+        // The first violation of each invariant, and how many more it had.
+        let mut shown: BTreeMap<&str, usize> = BTreeMap::new();
+        for violation in &report.violations {
+            let count = shown.entry(violation.invariant).or_default();
+            if *count == 0 {
+                println!("    {}: {}", violation.invariant, violation.detail);
+            }
+            *count += 1;
+        }
+        for (invariant, count) in shown.iter().filter(|(_, count)| **count > 1) {
+            println!("    ({} more {invariant} violations)", count - 1);
         }
     }
 
