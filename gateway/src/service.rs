@@ -50,6 +50,9 @@ fn check_id(field: &str, value: &str) -> Result<(), tonic::Status> {
     )))
 }
 
+/// Prefix of every direct conversation id; group ids may not use it.
+const DIRECT_PREFIX: &str = "direct-";
+
 /// Returns the id of the direct conversation between two users: the same
 /// for both orders, and within the id length limit for any user ids.
 pub fn direct_conversation_id(user_a: &str, user_b: &str) -> String {
@@ -59,7 +62,7 @@ pub fn direct_conversation_id(user_a: &str, user_b: &str) -> String {
         (user_b, user_a)
     };
     let digest = Sha256::digest(format!("{low}|{high}").as_bytes());
-    format!("direct-{}", &hex::encode(digest)[..40])
+    format!("{DIRECT_PREFIX}{}", &hex::encode(digest)[..40])
 }
 
 fn to_message(conversation_id: &str, stored: StoredMessage) -> Message {
@@ -273,6 +276,15 @@ impl Parley for ParleyService {
             "CreateGroupRequest.conversation_id",
             &request.conversation_id,
         )?;
+        // Direct conversation ids are derived from their two users; a group
+        // under such an id would squat on that pair's conversation.
+        if request.conversation_id.starts_with(DIRECT_PREFIX) {
+            return Err(tonic::Status::invalid_argument(format!(
+                "CreateGroupRequest.conversation_id {:?} starts with {DIRECT_PREFIX:?}, which is \
+                 reserved for direct conversations; choose another group id",
+                request.conversation_id
+            )));
+        }
         self.check_users_exist("CreateGroupRequest.members", &request.members)?;
         let create = core::CreateGroup {
             conversation_id: request.conversation_id.clone(),

@@ -35,6 +35,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             config.data_dir.display()
         )
     })?;
+    check_data_identity(&config)?;
     let engine = Arc::new(SledEngine::open(&config.data_dir.join("sled"))?);
     let engine_for_shutdown = engine.clone();
     let host = NodeHost::start(
@@ -88,4 +89,44 @@ pub async fn shutdown_signal() {
         _ = terminate => {}
     }
     tracing::info!("shutdown requested");
+}
+
+/// File in a node's data directory that records which node and shard
+/// count the data belongs to.
+const IDENTITY_FILE: &str = "node-identity";
+
+/// Refuses to start on data written by another node id or with another
+/// shard count: ids hash to shards by the count, so a changed count hides
+/// existing conversations and a borrowed directory would vote as another
+/// node. Records both on the first start.
+fn check_data_identity(config: &NodeConfig) -> Result<()> {
+    let path = config.data_dir.join(IDENTITY_FILE);
+    let expected = format!(
+        "node_id={}\nshard_count={}\n",
+        config.node_id, config.cluster.shard_count
+    );
+    match std::fs::read_to_string(&path) {
+        Ok(recorded) if recorded == expected => Ok(()),
+        Ok(recorded) => anyhow::bail!(
+            "data directory {} belongs to {}, but this node was started as {}; start it with \
+             the recorded --id and --shards, or give it an empty --data-dir",
+            config.data_dir.display(),
+            recorded.trim().replace('\n', ", "),
+            expected.trim().replace('\n', ", ")
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            if config.data_dir.join("sled").exists() {
+                anyhow::bail!(
+                    "data directory {} has sled data but no {IDENTITY_FILE} file, so its node id \
+                     and shard count are unknown; restore the file or give the node an empty \
+                     --data-dir",
+                    config.data_dir.display()
+                );
+            }
+            std::fs::write(&path, expected).with_context(|| {
+                format!("failed to record the node identity in {}", path.display())
+            })
+        }
+        Err(error) => Err(error).with_context(|| format!("failed to read {}", path.display())),
+    }
 }

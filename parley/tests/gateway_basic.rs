@@ -118,3 +118,43 @@ async fn direct_message_reaches_peer_session() {
         other => panic!("expected a message, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_id_with_direct_prefix_is_rejected() {
+    let cluster = ProcessCluster::start(3, 4);
+    cluster.wait_for_leaders(Duration::from_secs(60)).await;
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let config = GatewayConfig::new(listen.clone(), cluster.addresses.clone(), vec![7; 32]);
+    tokio::spawn(parley_gateway::serve(config, std::future::pending()));
+    let mut client = connect(&listen).await;
+    let eve = client
+        .register(RegisterRequest {
+            user_id: "eve".into(),
+            device_id: "phone".into(),
+        })
+        .await
+        .expect("register eve")
+        .into_inner();
+
+    let request = parley_gateway::proto::CreateGroupRequest {
+        conversation_id: "direct-0123".into(),
+        members: vec![],
+    };
+    let status = client
+        .create_group(with_token(request, &eve.token))
+        .await
+        .expect_err("a group may not take a direct conversation id");
+
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("CreateGroupRequest.conversation_id"),
+        "the message names the field: {}",
+        status.message()
+    );
+}
