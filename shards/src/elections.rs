@@ -5,12 +5,11 @@
 //! Replicas whose timeouts round to the same number of ticks, and whose
 //! ticks are in phase (nodes started or restarted together), time out in
 //! the same tick of every round, each votes for itself, and the shard
-//! stays without a leader for as long as that lasts; the simulator found
-//! a shard stuck this way for over 10 s after every fault had healed. A
-//! watcher per replica notices a replica that stays candidate across
-//! several terms and pauses its elections for a random time, which moves
-//! it out of step with the others. A paused replica still votes, so
-//! safety is unaffected.
+//! stays without a leader for as long as that lasts (over 10 s after all
+//! faults healed, in simulation). A watcher per replica notices a replica
+//! that stays candidate across several terms and pauses its elections for
+//! a random time, which moves it out of step with the others. A paused
+//! replica still votes, so safety is unaffected.
 
 use std::time::Duration;
 
