@@ -49,7 +49,7 @@ pub struct ClusterOptions {
     pub dir: PathBuf,
     pub parley_bin: PathBuf,
     /// The preload library that journals unsynced writes (`crate::crash`),
-    /// needed by power cuts; None starts nodes without it.
+    /// needed by `power_loss`; None starts nodes without it.
     pub crash_shim: Option<PathBuf>,
     /// Milliseconds each write to a node's files waits, with the shim.
     pub disk_delay_ms: u64,

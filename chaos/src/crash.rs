@@ -2,7 +2,7 @@
 //! written byte, because the kernel keeps its page cache and sled 0.34
 //! pwrites every write batch at once. So the tool preloads `crash_shim.c`
 //! into each node, which journals the bytes every pwrite overwrites and
-//! every sync. After a power cut, `roll_back` undoes each write that no
+//! every sync. After a power loss, `roll_back` undoes each write that no
 //! later sync covered, leaving the files as a machine that lost power would
 //! have them.
 
@@ -28,7 +28,7 @@ pub const DIR_VARIABLE: &str = "PARLEY_CRASH_DIR";
 pub const WRITE_DELAY_VARIABLE: &str = "PARLEY_CRASH_WRITE_DELAY_MS";
 
 /// Compiles the preload library into `dir` with `$CC` (default `cc`) and
-/// returns its path. Power cuts and `--disk-delay-ms` need it.
+/// returns its path. The `power_loss` fault needs it.
 pub fn build_shim(dir: &Path) -> Result<PathBuf> {
     let source = dir.join("crash_shim.c");
     let library = dir.join("libparley_crash.so");
@@ -43,8 +43,8 @@ pub fn build_shim(dir: &Path) -> Result<PathBuf> {
         .output()
         .with_context(|| {
             format!(
-                "failed to run the C compiler {compiler:?}, which power_cut and --disk-delay-ms \
-                 need; install one or set CC, or leave power_cut out of --faults"
+                "failed to run the C compiler {compiler:?}, which power_loss needs; install one \
+                 or set CC, or leave power_loss out of --faults"
             )
         })?;
     if !output.status.success() {
@@ -178,50 +178,66 @@ fn restore(path: &Path, pending: &[Undo], durable_end: u64) -> std::io::Result<(
     Ok(())
 }
 
+/// Parses every complete record. A kill can cut the last record short,
+/// and that record's pwrite had not started, so it is ignored.
 fn parse(bytes: &[u8]) -> Result<Vec<Record>> {
     let mut cursor = std::io::Cursor::new(bytes);
     let mut records = Vec::new();
     while (cursor.position() as usize) < bytes.len() {
-        let mut kind = [0u8; 1];
-        cursor.read_exact(&mut kind)?;
-        let path_length = read_u32(&mut cursor)? as usize;
-        let mut path = vec![0u8; path_length];
-        cursor.read_exact(&mut path)?;
-        let path = PathBuf::from(String::from_utf8(path).context("a journal path is not UTF-8")?);
-        let record = match kind[0] {
-            b'W' => {
-                let offset = read_u64(&mut cursor)?;
-                let count = read_u64(&mut cursor)?;
-                let size_before = read_u64(&mut cursor)?;
-                let saved_length = read_u64(&mut cursor)? as usize;
-                let mut saved = vec![0u8; saved_length];
-                cursor.read_exact(&mut saved)?;
-                let undo = Undo {
-                    offset,
-                    count,
-                    size_before,
-                    saved,
-                };
-                Record::Write { path, undo }
-            }
-            b'S' => Record::Synced {
-                path,
-                offset: read_u64(&mut cursor)?,
-                length: read_u64(&mut cursor)?,
-            },
-            b'F' => Record::Synced {
-                path,
-                offset: 0,
-                length: 0,
-            },
-            other => bail!(
-                "unknown record kind {other:#04x} at byte {}",
-                cursor.position() - 1
-            ),
-        };
-        records.push(record);
+        match parse_record(&mut cursor) {
+            Ok(record) => records.push(record),
+            Err(error) if is_truncated(&error) => break,
+            Err(error) => return Err(error),
+        }
     }
     Ok(records)
+}
+
+fn is_truncated(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|error| error.kind() == std::io::ErrorKind::UnexpectedEof)
+}
+
+fn parse_record(cursor: &mut std::io::Cursor<&[u8]>) -> Result<Record> {
+    let mut kind = [0u8; 1];
+    cursor.read_exact(&mut kind)?;
+    let path_length = read_u32(cursor)? as usize;
+    let mut path = vec![0u8; path_length];
+    cursor.read_exact(&mut path)?;
+    let path = PathBuf::from(String::from_utf8(path).context("a journal path is not UTF-8")?);
+    let record = match kind[0] {
+        b'W' => {
+            let offset = read_u64(cursor)?;
+            let count = read_u64(cursor)?;
+            let size_before = read_u64(cursor)?;
+            let saved_length = read_u64(cursor)? as usize;
+            let mut saved = vec![0u8; saved_length];
+            cursor.read_exact(&mut saved)?;
+            let undo = Undo {
+                offset,
+                count,
+                size_before,
+                saved,
+            };
+            Record::Write { path, undo }
+        }
+        b'S' => Record::Synced {
+            path,
+            offset: read_u64(cursor)?,
+            length: read_u64(cursor)?,
+        },
+        b'F' => Record::Synced {
+            path,
+            offset: 0,
+            length: 0,
+        },
+        other => bail!(
+            "unknown record kind {other:#04x} at byte {}",
+            cursor.position() - 1
+        ),
+    };
+    Ok(record)
 }
 
 fn read_u32(cursor: &mut std::io::Cursor<&[u8]>) -> Result<u32> {
@@ -261,8 +277,8 @@ mod tests {
         journal.write_all(saved).unwrap();
     }
 
-    /// A C program that pwrites through the shim, syncs some writes, and
-    /// exits without syncing the rest, as a killed node would.
+    /// A C program that pwrites and writes through the shim, syncs some
+    /// writes, and exits without syncing the rest, as a killed node would.
     const WRITER: &str = r#"
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -274,6 +290,8 @@ int main(int argc, char **argv) {
                     SYNC_FILE_RANGE_WAIT_AFTER);
     pwrite(fd, "LOST", 4, 0);
     pwrite(fd, "tail-lost", 9, 8);
+    lseek(fd, 0, SEEK_END);
+    write(fd, "+write", 6);
     _exit(0);
 }
 "#;
@@ -347,6 +365,25 @@ int main(int argc, char **argv) {
     }
 
     #[test]
+    fn cut_off_last_record_is_ignored() {
+        let directory = tempfile::tempdir().unwrap();
+        let data = directory.path().join("db");
+        std::fs::write(&data, b"NEWxx").unwrap();
+        let journal = journal_with(&[(b'W', &data, vec![0, 3, 5, 3], b"old")]);
+        // A second record whose pwrite never started, cut after its kind.
+        journal.as_file().write_all(b"W").unwrap();
+        let loss = roll_back(journal.path()).unwrap();
+        assert_eq!(
+            loss,
+            Loss {
+                writes: 1,
+                bytes: 3
+            }
+        );
+        assert_eq!(std::fs::read(&data).unwrap(), b"oldxx");
+    }
+
+    #[test]
     fn missing_journal_loses_nothing() {
         let directory = tempfile::tempdir().unwrap();
         let loss = roll_back(&directory.path().join("none.journal")).unwrap();
@@ -389,14 +426,14 @@ int main(int argc, char **argv) {
             .status()
             .unwrap();
         assert!(status.success());
-        assert_eq!(std::fs::read(&data).unwrap(), b"LOSTble-tail-lost");
+        assert_eq!(std::fs::read(&data).unwrap(), b"LOSTble-tail-lost+write");
 
         let loss = roll_back(&journal).unwrap();
         assert_eq!(
             loss,
             Loss {
-                writes: 2,
-                bytes: 13
+                writes: 3,
+                bytes: 19
             }
         );
         assert_eq!(std::fs::read(&data).unwrap(), b"durable-");

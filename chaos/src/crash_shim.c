@@ -19,8 +19,9 @@
  * $PARLEY_CRASH_WRITE_DELAY_MS, when set, makes every journaled pwrite
  * wait that long first, one at a time, as a slow disk would.
  *
- * Only pwrite64 is journaled, which is how sled writes its log and blobs.
- * NOTE: plain write(2), ftruncate and renames count as durable at once.
+ * pwrite64, pwrite and write are journaled, which covers how sled writes
+ * its log, blobs and snapshots.
+ * NOTE: writev, ftruncate, renames and unlinks count as durable at once.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -42,7 +43,7 @@ struct pending_write {
 
 static pthread_mutex_t journal_lock = PTHREAD_MUTEX_INITIALIZER;
 static int journal_fd = -1;
-static int journal_disabled = 0;
+static int journal_disabled;
 static char journal_path[PATH_MAX];
 static char tracked_dir[PATH_MAX];
 static size_t tracked_dir_len;
@@ -54,24 +55,21 @@ static size_t pending_len;
 static size_t pending_capacity;
 
 static ssize_t (*real_pwrite64)(int, const void *, size_t, off_t);
+static ssize_t (*real_write)(int, const void *, size_t);
 static int (*real_fsync)(int);
 static int (*real_fdatasync)(int);
 static int (*real_sync_file_range)(int, off_t, off_t, unsigned int);
 
-/* Opens the journal on first use; returns 0 when journaling is off. */
-static int journal_ready(void) {
-    if (journal_disabled) {
-        return 0;
-    }
-    if (journal_fd >= 0) {
-        return 1;
-    }
+static pthread_once_t journal_once = PTHREAD_ONCE_INIT;
+
+/* Reads the settings and opens the journal; runs once per process. */
+static void journal_open(void) {
     const char *journal = getenv("PARLEY_CRASH_JOURNAL");
     const char *dir = getenv("PARLEY_CRASH_DIR");
     if (journal == NULL || dir == NULL || strlen(journal) >= PATH_MAX ||
         realpath(dir, tracked_dir) == NULL) {
         journal_disabled = 1;
-        return 0;
+        return;
     }
     strcpy(journal_path, journal);
     tracked_dir_len = strlen(tracked_dir);
@@ -82,9 +80,14 @@ static int journal_ready(void) {
     journal_fd = open(journal_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     if (journal_fd < 0) {
         journal_disabled = 1;
-        return 0;
     }
-    return 1;
+}
+
+/* Returns 1 when journaling is on. The settings never change after the
+ * first call, so callers may read them without journal_lock. */
+static int journal_ready(void) {
+    pthread_once(&journal_once, journal_open);
+    return !journal_disabled;
 }
 
 /* Resolves fd's path; returns 1 if it is a file under the tracked dir. */
@@ -104,9 +107,12 @@ static int tracked_path(int fd, char *path) {
 }
 
 static void append(const void *bytes, size_t length) {
+    if (real_write == NULL) {
+        real_write = dlsym(RTLD_NEXT, "write");
+    }
     const char *cursor = bytes;
     while (length > 0) {
-        ssize_t written = write(journal_fd, cursor, length);
+        ssize_t written = real_write(journal_fd, cursor, length);
         if (written <= 0) {
             /* A journal that cannot be written would undo the wrong bytes. */
             abort();
@@ -143,33 +149,25 @@ static void remember_pending(const char *path, uint64_t offset, uint64_t count) 
  * length 0 means up to the end of the file, and empties the journal when
  * none remain. */
 static void mark_synced(const char *path, uint64_t offset, uint64_t length) {
-    size_t kept = 0;
+    size_t remaining = 0;
     for (size_t index = 0; index < pending_len; index++) {
         struct pending_write *entry = &pending[index];
         int same_file = strcmp(entry->path, path) == 0;
         int inside = entry->offset >= offset &&
                      (length == 0 || entry->offset + entry->count <= offset + length);
         if (!(same_file && inside)) {
-            pending[kept++] = *entry;
+            pending[remaining++] = *entry;
         }
     }
-    pending_len = kept;
+    pending_len = remaining;
     if (pending_len == 0 && ftruncate(journal_fd, 0) != 0) {
         abort();
     }
 }
 
-ssize_t pwrite64(int fd, const void *buffer, size_t count, off_t offset) {
-    if (real_pwrite64 == NULL) {
-        real_pwrite64 = dlsym(RTLD_NEXT, "pwrite64");
-    }
-    char path[PATH_MAX];
-    pthread_mutex_lock(&journal_lock);
-    if (!journal_ready() || !tracked_path(fd, path)) {
-        pthread_mutex_unlock(&journal_lock);
-        return real_pwrite64(fd, buffer, count, offset);
-    }
-
+/* Journals the bytes a write of count bytes at offset will overwrite, then
+ * waits the configured delay. The caller holds journal_lock. */
+static void journal_write(int fd, const char *path, uint64_t offset, uint64_t count) {
     /* Save what the write overwrites before it happens, so a kill between
      * the two still leaves a correct journal. */
     struct stat status;
@@ -179,21 +177,55 @@ ssize_t pwrite64(int fd, const void *buffer, size_t count, off_t offset) {
     if (saved == NULL) {
         abort();
     }
-    if ((uint64_t)offset < size_before) {
-        ssize_t read_length = pread(fd, saved, count, offset);
+    if (offset < size_before) {
+        ssize_t read_length = pread(fd, saved, count, (off_t)offset);
         saved_length = read_length > 0 ? (uint64_t)read_length : 0;
     }
-    uint64_t fields[4] = {(uint64_t)offset, (uint64_t)count, size_before, saved_length};
+    uint64_t fields[4] = {offset, count, size_before, saved_length};
     append_header('W', path);
     append(fields, sizeof fields);
     append(saved, saved_length);
     free(saved);
-    remember_pending(path, (uint64_t)offset, (uint64_t)count);
+    remember_pending(path, offset, count);
 
     if (write_delay_us > 0) {
         usleep(write_delay_us);
     }
+}
+
+ssize_t pwrite64(int fd, const void *buffer, size_t count, off_t offset) {
+    if (real_pwrite64 == NULL) {
+        real_pwrite64 = dlsym(RTLD_NEXT, "pwrite64");
+    }
+    char path[PATH_MAX];
+    if (!journal_ready() || !tracked_path(fd, path)) {
+        return real_pwrite64(fd, buffer, count, offset);
+    }
+    pthread_mutex_lock(&journal_lock);
+    journal_write(fd, path, (uint64_t)offset, (uint64_t)count);
     ssize_t result = real_pwrite64(fd, buffer, count, offset);
+    pthread_mutex_unlock(&journal_lock);
+    return result;
+}
+
+ssize_t write(int fd, const void *buffer, size_t count) {
+    if (real_write == NULL) {
+        real_write = dlsym(RTLD_NEXT, "write");
+    }
+    char path[PATH_MAX];
+    if (!journal_ready() || !tracked_path(fd, path)) {
+        return real_write(fd, buffer, count);
+    }
+    pthread_mutex_lock(&journal_lock);
+    struct stat status;
+    off_t position = lseek(fd, 0, SEEK_CUR);
+    if ((fcntl(fd, F_GETFL) & O_APPEND) != 0 && fstat(fd, &status) == 0) {
+        position = status.st_size;
+    }
+    if (position >= 0) {
+        journal_write(fd, path, (uint64_t)position, (uint64_t)count);
+    }
+    ssize_t result = real_write(fd, buffer, count);
     pthread_mutex_unlock(&journal_lock);
     return result;
 }
@@ -204,17 +236,18 @@ ssize_t pwrite(int fd, const void *buffer, size_t count, off_t offset) {
 
 static void journal_sync(int fd, uint64_t offset, uint64_t length) {
     char path[PATH_MAX];
-    pthread_mutex_lock(&journal_lock);
-    if (journal_ready() && tracked_path(fd, path)) {
-        if (length == 0 && offset == 0) {
-            append_header('F', path);
-        } else {
-            uint64_t fields[2] = {offset, length};
-            append_header('S', path);
-            append(fields, sizeof fields);
-        }
-        mark_synced(path, offset, length);
+    if (!journal_ready() || !tracked_path(fd, path)) {
+        return;
     }
+    pthread_mutex_lock(&journal_lock);
+    if (length == 0 && offset == 0) {
+        append_header('F', path);
+    } else {
+        uint64_t fields[2] = {offset, length};
+        append_header('S', path);
+        append(fields, sizeof fields);
+    }
+    mark_synced(path, offset, length);
     pthread_mutex_unlock(&journal_lock);
 }
 

@@ -47,6 +47,7 @@ fn color(kind: FaultKind) -> &'static str {
         FaultKind::ClockSkew => "#2ca02c",
         FaultKind::RollingRestart => "#8c564b",
         FaultKind::PowerCut => "#111111",
+        FaultKind::PowerLoss => "#e377c2",
     }
 }
 

@@ -84,7 +84,7 @@ pub async fn run_faults(
 /// Returns a note on what the fault did beyond its plan, if any.
 async fn apply(cluster: &mut Cluster, fault: &Fault) -> Result<Option<String>, String> {
     match fault {
-        Fault::PowerCut { down } => power_cut(cluster, *down).await.map(Some),
+        Fault::PowerLoss { down } => power_loss(cluster, *down).await.map(Some),
         Fault::RollingRestart => rolling_restart(cluster).await.map(|()| None),
         _ => apply_plain(cluster, fault).await.map(|()| None),
     }
@@ -143,15 +143,37 @@ async fn apply_plain(cluster: &mut Cluster, fault: &Fault) -> Result<(), String>
             let reset = cluster.set_clock_offset(*node, 0).await;
             skewed.and(reset).map_err(|error| format!("{error:#}"))
         }
-        Fault::RollingRestart | Fault::PowerCut { .. } => {
+        Fault::PowerCut { down } => {
+            for node in 0..cluster.node_count() {
+                cluster.kill_node(node).await;
+            }
+            sleep_watching(cluster, *down).await;
+            start_every_node(cluster).await
+        }
+        Fault::RollingRestart | Fault::PowerLoss { .. } => {
             unreachable!("apply handles {fault} itself")
         }
     }
 }
 
+/// Starts every node that is down; returns every failure.
+async fn start_every_node(cluster: &mut Cluster) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for node in 0..cluster.node_count() {
+        if let Err(problem) = start(cluster, node).await {
+            problems.push(problem);
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
 /// Kills every node, undoes the writes each had not synced, and restarts
 /// them. Returns how many writes were undone.
-async fn power_cut(cluster: &mut Cluster, down: Duration) -> Result<String, String> {
+async fn power_loss(cluster: &mut Cluster, down: Duration) -> Result<String, String> {
     let mut problems = Vec::new();
     let mut loss = crate::crash::Loss::default();
     for node in 0..cluster.node_count() {
@@ -164,10 +186,8 @@ async fn power_cut(cluster: &mut Cluster, down: Duration) -> Result<String, Stri
         }
     }
     sleep_watching(cluster, down).await;
-    for node in 0..cluster.node_count() {
-        if let Err(problem) = start(cluster, node).await {
-            problems.push(problem);
-        }
+    if let Err(problem) = start_every_node(cluster).await {
+        problems.push(problem);
     }
     if !problems.is_empty() {
         return Err(problems.join("; "));

@@ -42,7 +42,8 @@ struct RunArgs {
     seed: u64,
     /// Faults to inject: all, none, or a comma-separated list of
     /// kill_restart, pause, partition, one_way_partition, delay,
-    /// clock_skew, rolling_restart, power_cut.
+    /// clock_skew, rolling_restart, power_cut, power_loss. `all` is every
+    /// kind but power_loss.
     #[arg(long, default_value = "all")]
     faults: FaultMix,
     /// Directory for node data, logs, history.txt and report.html.
@@ -56,10 +57,10 @@ struct RunArgs {
     /// Number of users; the first two get a second device.
     #[arg(long, default_value_t = 6)]
     users: usize,
-    /// Milliseconds each write to a node's sled files waits, one write at
-    /// a time, as on a slow disk; 0 for the machine's own speed. It widens
-    /// the window in which a power cut finds writes not yet synced, which
-    /// is otherwise a fraction of a millisecond.
+    /// With power_loss: milliseconds each write to a node's sled files
+    /// waits, one write at a time, as on a slow disk; 0 for the machine's
+    /// own speed. It widens the window in which a power loss finds writes
+    /// not yet synced, which is otherwise a fraction of a millisecond.
     #[arg(long, default_value_t = 10)]
     disk_delay_ms: u64,
     /// Seconds after healing within which every acknowledged message must

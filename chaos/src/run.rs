@@ -62,7 +62,7 @@ pub struct RunOptions {
     pub parley_bin: PathBuf,
     pub users: usize,
     /// Milliseconds each write to a node's sled files waits, as on a slow
-    /// disk; 0 for none.
+    /// disk, when `power_loss` is selected; 0 for none.
     pub disk_delay_ms: u64,
     /// Seconds after healing within which every acknowledged message must
     /// reach every member device.
@@ -110,8 +110,7 @@ pub async fn run(options: &RunOptions, program: &str) -> Result<Verdict> {
         options.nodes * (options.nodes - 1),
         options.report_dir.display()
     ));
-    let crash_shim = if options.faults.0.contains(&FaultKind::PowerCut) || options.disk_delay_ms > 0
-    {
+    let crash_shim = if options.faults.0.contains(&FaultKind::PowerLoss) {
         Some(crash::build_shim(&options.report_dir)?)
     } else {
         None

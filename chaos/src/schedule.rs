@@ -38,10 +38,13 @@ pub enum FaultKind {
     RollingRestart,
     /// Every node gets SIGKILL at once and restarts.
     PowerCut,
+    /// Every node gets SIGKILL at once, loses every write it had not
+    /// synced, and restarts (see `crate::crash`).
+    PowerLoss,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::KillRestart,
         FaultKind::Pause,
         FaultKind::Partition,
@@ -50,7 +53,18 @@ impl FaultKind {
         FaultKind::ClockSkew,
         FaultKind::RollingRestart,
         FaultKind::PowerCut,
+        FaultKind::PowerLoss,
     ];
+
+    /// Returns whether `--faults all` selects this kind.
+    ///
+    /// NOTE: `power_loss` is left out because sled 0.34.7 can fail to
+    /// reopen a database after losing in-flight unsynced segment writes
+    /// ("Read corrupted data", or a panic while recovering), which ends a
+    /// run for a reason the checkers cannot judge. Select it by name.
+    pub fn in_all(self) -> bool {
+        self != FaultKind::PowerLoss
+    }
 
     /// Returns the name used in `--faults` and in reports.
     pub fn name(self) -> &'static str {
@@ -63,6 +77,7 @@ impl FaultKind {
             FaultKind::ClockSkew => "clock_skew",
             FaultKind::RollingRestart => "rolling_restart",
             FaultKind::PowerCut => "power_cut",
+            FaultKind::PowerLoss => "power_loss",
         }
     }
 }
@@ -78,12 +93,22 @@ impl fmt::Display for FaultKind {
 pub struct FaultMix(pub BTreeSet<FaultKind>);
 
 impl FaultMix {
+    /// Returns the kinds `--faults all` selects.
+    pub fn all() -> FaultMix {
+        FaultMix(
+            FaultKind::ALL
+                .into_iter()
+                .filter(|kind| kind.in_all())
+                .collect(),
+        )
+    }
+
     /// Returns the mix as `--faults` accepts it.
     pub fn to_flag(&self) -> String {
         if self.0.is_empty() {
             return "none".into();
         }
-        if self.0.len() == FaultKind::ALL.len() {
+        if self.0 == FaultMix::all().0 {
             return "all".into();
         }
         let names: Vec<&str> = self.0.iter().map(|kind| kind.name()).collect();
@@ -97,7 +122,7 @@ impl FromStr for FaultMix {
     /// Parses `all`, `none`, or a comma-separated list of fault names.
     fn from_str(text: &str) -> Result<Self, String> {
         match text.trim() {
-            "all" => return Ok(FaultMix(FaultKind::ALL.into_iter().collect())),
+            "all" => return Ok(FaultMix::all()),
             "none" => return Ok(FaultMix(BTreeSet::new())),
             _ => {}
         }
@@ -154,6 +179,9 @@ pub enum Fault {
     PowerCut {
         down: Duration,
     },
+    PowerLoss {
+        down: Duration,
+    },
 }
 
 impl Fault {
@@ -167,6 +195,7 @@ impl Fault {
             Fault::ClockSkew { .. } => FaultKind::ClockSkew,
             Fault::RollingRestart => FaultKind::RollingRestart,
             Fault::PowerCut { .. } => FaultKind::PowerCut,
+            Fault::PowerLoss { .. } => FaultKind::PowerLoss,
         }
     }
 }
@@ -223,6 +252,9 @@ impl fmt::Display for Fault {
             Fault::RollingRestart => write!(formatter, "rolling_restart of every node"),
             Fault::PowerCut { down } => {
                 write!(formatter, "power_cut of every node down {}", seconds(down))
+            }
+            Fault::PowerLoss { down } => {
+                write!(formatter, "power_loss of every node down {}", seconds(down))
             }
         }
     }
@@ -313,6 +345,9 @@ impl Schedule {
             FaultKind::PowerCut => Fault::PowerCut {
                 down: self.millis(DOWN_MS),
             },
+            FaultKind::PowerLoss => Fault::PowerLoss {
+                down: self.millis(DOWN_MS),
+            },
         }
     }
 
@@ -350,7 +385,7 @@ mod tests {
 
     #[test]
     fn mix_parses_all_none_and_lists() {
-        assert_eq!(all().0.len(), FaultKind::ALL.len());
+        assert_eq!(all().0.len(), FaultKind::ALL.len() - 1);
         assert!("none".parse::<FaultMix>().unwrap().0.is_empty());
         let mix: FaultMix = "pause, delay".parse().unwrap();
         assert_eq!(
@@ -367,8 +402,18 @@ mod tests {
     }
 
     #[test]
+    fn all_leaves_out_only_power_loss() {
+        assert!(!all().0.contains(&FaultKind::PowerLoss));
+        let mix: FaultMix = "power_loss".parse().unwrap();
+        assert_eq!(
+            mix.0.into_iter().collect::<Vec<_>>(),
+            [FaultKind::PowerLoss]
+        );
+    }
+
+    #[test]
     fn mix_round_trips_through_flag() {
-        for text in ["all", "none", "pause,clock_skew"] {
+        for text in ["all", "none", "pause,clock_skew", "power_cut,power_loss"] {
             let mix: FaultMix = text.parse().unwrap();
             let again: FaultMix = mix.to_flag().parse().unwrap();
             assert_eq!(again, mix, "{text}");
@@ -404,7 +449,8 @@ mod tests {
 
     #[test]
     fn schedule_draws_every_kind() {
-        let kinds: BTreeSet<FaultKind> = plan(1, &all(), 3, 200)
+        let every = FaultMix(FaultKind::ALL.into_iter().collect());
+        let kinds: BTreeSet<FaultKind> = plan(1, &every, 3, 200)
             .into_iter()
             .map(|(_, fault)| fault.kind())
             .collect();
@@ -427,9 +473,13 @@ mod tests {
                     }
                     Fault::OneWayPartition { from, to, .. } => {
                         assert_ne!(from, to);
-                        assert!(from < nodes && to < nodes);
+                        assert!(from < nodes);
+                        assert!(to < nodes);
                     }
-                    Fault::Delay { .. } | Fault::RollingRestart | Fault::PowerCut { .. } => {}
+                    Fault::Delay { .. }
+                    | Fault::RollingRestart
+                    | Fault::PowerCut { .. }
+                    | Fault::PowerLoss { .. } => {}
                 }
             }
         }

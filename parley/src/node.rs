@@ -123,10 +123,29 @@ fn check_data_identity(config: &NodeConfig) -> Result<()> {
                     config.data_dir.display()
                 );
             }
-            std::fs::write(&path, expected).with_context(|| {
+            write_durably(&path, expected.as_bytes()).with_context(|| {
                 format!("failed to record the node identity in {}", path.display())
             })
         }
         Err(error) => Err(error).with_context(|| format!("failed to read {}", path.display())),
     }
+}
+
+/// Writes `bytes` to `path` so that a power loss leaves either no file or
+/// the whole file: a synced temporary file, renamed into place, then a
+/// synced directory entry.
+fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+
+    std::fs::rename(&temporary, path)?;
+    if let Some(directory) = path.parent() {
+        std::fs::File::open(directory)?.sync_all()?;
+    }
+    Ok(())
 }
