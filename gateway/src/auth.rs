@@ -19,7 +19,7 @@ pub struct DeviceIdentity {
     pub device_id: String,
 }
 
-/// Why a token was not accepted.
+/// The reason a token was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
     #[error("the {AUTHORIZATION_HEADER} header is missing; send `authorization: Bearer <token>` from Register")]

@@ -14,7 +14,7 @@ use parley_shards::proto::ConversationsReply;
 use parley_shards::shard_map::shard_of_id;
 use tokio::sync::watch;
 
-/// A conversation as the gateway knows it.
+/// A conversation as the gateway's cache records it.
 #[derive(Clone, Debug, Default)]
 pub struct ConversationEntry {
     pub direct: bool,

@@ -100,7 +100,7 @@ pub struct Hub {
     next_id: AtomicU64,
 }
 
-/// What a new session receives from the hub.
+/// The hub's registration of a new session: its handle, queue and overflow state.
 pub struct Registration {
     pub handle: SessionHandle,
     pub queue: mpsc::Receiver<Outgoing>,

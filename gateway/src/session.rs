@@ -31,7 +31,7 @@ struct Session {
     cursors: BTreeMap<String, u64>,
 }
 
-/// Why a session ended.
+/// The reason a session ended.
 enum End {
     ClientClosed,
     OutboundClosed,

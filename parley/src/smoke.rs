@@ -161,7 +161,7 @@ async fn append_one(client: &ClusterClient, options: &SmokeOptions, index: usize
     }
 }
 
-/// What verification checked.
+/// Counts of what verification checked.
 #[derive(Debug)]
 pub struct VerifyReport {
     pub messages: usize,

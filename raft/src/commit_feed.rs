@@ -22,7 +22,7 @@ pub struct CommittedEntry {
     pub result: Vec<u8>,
 }
 
-/// What live subscribers receive.
+/// An item delivered to live subscribers.
 #[derive(Clone, Debug)]
 pub enum FeedItem {
     Entry(Arc<CommittedEntry>),
@@ -98,7 +98,7 @@ impl CommitFeed {
                 }
             }
         }
-        // No receivers is fine: nobody follows this shard right now.
+        // A send with no receivers is fine: no gateway follows this shard now.
         let _ = self.sender.send(FeedItem::Entry(entry));
     }
 

@@ -224,7 +224,7 @@ pub struct SimDisk {
 
 #[derive(Default)]
 struct SimDiskState {
-    /// What survives a crash.
+    /// The contents that survive a crash.
     durable: BTreeMap<Vec<u8>, Vec<u8>>,
     /// `durable` plus every pending batch: what reads see.
     visible: BTreeMap<Vec<u8>, Vec<u8>>,

@@ -22,7 +22,7 @@ use crate::types::{
     TypeConfig,
 };
 
-/// What a replica has applied, shared between the state machine and readers.
+/// The applied state of a replica, shared by the state machine and readers.
 pub struct Applied {
     pub state: ShardState,
     pub last_applied: Option<LogId>,
@@ -59,7 +59,7 @@ impl AppliedHandle {
         &self.feed
     }
 
-    /// Returns a receiver that sees the last applied log index change.
+    /// Returns a receiver notified whenever the last applied log index changes.
     pub fn subscribe_applied_index(&self) -> tokio::sync::watch::Receiver<u64> {
         self.applied_index.subscribe()
     }

@@ -41,7 +41,7 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Returns the gRPC status a node answered with, if one did.
+    /// Returns the gRPC status a node returned, if there was one.
     pub fn status(&self) -> Option<&tonic::Status> {
         match self {
             ClientError::Rejected { status, .. } => Some(status),
@@ -243,7 +243,7 @@ impl ClusterClient {
             Err(_) => Err(ClientError::GaveUp {
                 node,
                 elapsed_ms: CALL_TIMEOUT.as_millis() as u64,
-                message: "status did not answer in time".into(),
+                message: "status call timed out".into(),
             }),
         }
     }

@@ -298,7 +298,7 @@ async fn crash(cluster: &SimCluster, victims: &[NodeId], counts: &mut FaultCount
     }
 }
 
-/// Returns the node leading the most shards, if any node answers.
+/// Returns the node leading the most shards, if any node responds.
 pub async fn busiest_leader(client: &ClusterClient) -> Option<NodeId> {
     let mut leaders: BTreeMap<NodeId, usize> = BTreeMap::new();
     for index in 0..client.addresses().len() {

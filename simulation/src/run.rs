@@ -19,7 +19,7 @@ pub use crate::verify::LIVENESS;
 /// Invariant name for a run that panicked.
 pub const PANIC: &str = "panic";
 
-/// What one seeded run does.
+/// Options of one seeded run.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub seed: u64,
