@@ -119,11 +119,8 @@ impl Cluster {
                 }
                 Err(status) => status,
             };
-            let retryable = matches!(
-                status.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Internal
-            );
-            if !retryable || started.elapsed() > PROPOSE_DEADLINE {
+            if !parley_shards::client::is_transient(&status) || started.elapsed() > PROPOSE_DEADLINE
+            {
                 return Err(status);
             }
             attempt += 1;

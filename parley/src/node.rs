@@ -6,6 +6,7 @@
 //! member and flush the engine before the process exits.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use parley_raft::{SledEngine, StorageEngine};
@@ -55,11 +56,26 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         "node serving"
     );
     let message_bytes_max = config.cluster.message_bytes_max;
+    let (stopping, stop_requested) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown_signal().await;
+        stopping.send_replace(true);
+    };
     let server = tonic::transport::Server::builder()
+        .http2_max_pending_accept_reset_streams(Some(PENDING_RESET_STREAMS_MAX))
         .add_service(host.transport_service().into_server())
         .add_service(NodeApiService::server(host.clone(), message_bytes_max))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal());
-    server.await.context("the gRPC server failed")?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+    tokio::select! {
+        served = server => served.context("the gRPC server failed")?,
+        // Subscribe streams never end on their own, so a gateway following
+        // this node would hold the graceful shutdown open forever.
+        () = drain_expired(stop_requested) => tracing::warn!(
+            node = config.node_id,
+            drain_max_ms = SHUTDOWN_DRAIN_MAX.as_millis() as u64,
+            "connections still open after the shutdown drain; closing them"
+        ),
+    }
 
     host.shutdown().await;
     engine_for_shutdown
@@ -68,6 +84,26 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         .context("failed to flush the storage engine at shutdown")?;
     tracing::info!(node = config.node_id, "node stopped");
     Ok(())
+}
+
+/// Streams a peer may reset before this node accepts them, after which h2
+/// closes the connection with ENHANCE_YOUR_CALM. hyper's default of 20
+/// guards public servers against rapid-reset floods; on the cluster's own
+/// links a healed partition cancels hundreds of timed-out Raft calls at once.
+const PENDING_RESET_STREAMS_MAX: usize = 4096;
+
+/// How long a stopping node waits for open connections to close before it
+/// drops them. Peers elect a new leader only after this node stops its
+/// Raft members, so the bound is kept well under a second.
+const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_millis(500);
+
+/// Completes `SHUTDOWN_DRAIN_MAX` after `stop_requested` turns true.
+async fn drain_expired(mut stop_requested: tokio::sync::watch::Receiver<bool>) {
+    if stop_requested.wait_for(|stop| *stop).await.is_err() {
+        // The sender lives as long as the server future, which ended first.
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(SHUTDOWN_DRAIN_MAX).await;
 }
 
 /// Completes on the first SIGINT or SIGTERM; shared by `parley node`,

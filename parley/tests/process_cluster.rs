@@ -124,3 +124,30 @@ async fn sigterm_stops_node_cleanly_and_restart_keeps_data() {
         .expect("verification");
     assert_eq!(report.messages, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_node_with_open_subscribe_stream() {
+    let mut cluster = ProcessCluster::start(3, 4);
+    cluster.wait_for_leaders(LEADER_WAIT).await;
+    let client = cluster.client();
+
+    // A gateway follows shards with Subscribe streams that never end on
+    // their own; the node must still stop when asked to.
+    let request = parley_shards::proto::SubscribeRequest {
+        shard_id: 0,
+        from_index: 1,
+    };
+    let mut stream = client
+        .node(0)
+        .subscribe(request)
+        .await
+        .expect("subscribe to shard 0 on node 1")
+        .into_inner();
+
+    let status = cluster.terminate(0).expect("node 1 was running");
+    assert!(
+        status.success(),
+        "node 1 exited with {status} after SIGTERM"
+    );
+    while let Ok(Some(_)) = stream.message().await {}
+}

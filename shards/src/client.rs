@@ -59,16 +59,22 @@ pub struct ClusterClient {
     clients: Vec<NodeApiClient<Channel>>,
 }
 
-fn is_transient(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
+/// Whether a failed call may succeed if tried again. RESOURCE_EXHAUSTED
+/// counts only when the connection itself failed: h2 closes a connection
+/// with ENHANCE_YOUR_CALM, which tonic reports with that code, when a peer
+/// resets many streams at once, as clients do when a partition heals.
+pub fn is_transient(status: &tonic::Status) -> bool {
+    let connection_failed = std::error::Error::source(status).is_some();
+    match status.code() {
         tonic::Code::Unavailable
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Unknown
-            | tonic::Code::Internal
-            | tonic::Code::Cancelled
-            | tonic::Code::Aborted
-    )
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Unknown
+        | tonic::Code::Internal
+        | tonic::Code::Cancelled
+        | tonic::Code::Aborted => true,
+        tonic::Code::ResourceExhausted => connection_failed,
+        _ => false,
+    }
 }
 
 impl ClusterClient {
@@ -246,5 +252,34 @@ impl ClusterClient {
                 message: "status call timed out".into(),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::is_transient;
+
+    #[test]
+    fn resource_exhausted_from_connection_is_transient() {
+        let mut status = tonic::Status::resource_exhausted("h2 protocol error: http2 error");
+        let cause = std::io::Error::other("GOAWAY ENHANCE_YOUR_CALM");
+        status.set_source(Arc::new(cause));
+
+        assert!(is_transient(&status));
+    }
+
+    #[test]
+    fn resource_exhausted_from_server_is_final() {
+        let status = tonic::Status::resource_exhausted("quota used up");
+
+        assert!(!is_transient(&status));
+    }
+
+    #[test]
+    fn unavailable_is_transient_and_not_found_is_final() {
+        assert!(is_transient(&tonic::Status::unavailable("electing")));
+        assert!(!is_transient(&tonic::Status::not_found("no such user")));
     }
 }

@@ -304,6 +304,16 @@ impl NodeHost {
         let address = self.map.address_of(target).unwrap_or_default().to_string();
         match reply {
             Ok(Ok(response)) => Ok(response.into_inner()),
+            // A status with a source was made on this side of the hop, from a
+            // connection failure such as an HTTP/2 GOAWAY, so it says nothing
+            // about the request and the caller may retry it.
+            Ok(Err(status)) if std::error::Error::source(&status).is_some() => {
+                Err(ShardsError::Forward {
+                    node: target,
+                    address,
+                    message: status.to_string(),
+                })
+            }
             Ok(Err(status)) => Err(ShardsError::Remote {
                 node: target,
                 code: status.code(),

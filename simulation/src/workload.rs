@@ -21,6 +21,7 @@ use parley_gateway::proto::{
     DeliveredAck, LinkDeviceRequest, MarkReadRequest, ReceiptKind, RegisterRequest,
     RemoveMemberRequest, SendRequest, SessionOpen,
 };
+use parley_shards::client::is_transient;
 use tonic::transport::Channel;
 
 /// Deadline of one client call; madsim's gRPC retries across partitions
@@ -104,18 +105,6 @@ fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
             .insert(parley_gateway::AUTHORIZATION_HEADER, value);
     }
     request
-}
-
-fn is_transient(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Unknown
-            | tonic::Code::Cancelled
-            | tonic::Code::Internal
-            | tonic::Code::Aborted
-    )
 }
 
 pub async fn connect(address: &str) -> ParleyClient<Channel> {
