@@ -56,16 +56,6 @@ impl FaultKind {
         FaultKind::PowerLoss,
     ];
 
-    /// Returns whether `--faults all` selects this kind.
-    ///
-    /// NOTE: `power_loss` is left out because sled 0.34.7 can fail to
-    /// reopen a database after losing in-flight unsynced segment writes
-    /// ("Read corrupted data", or a panic while recovering), which ends a
-    /// run for a reason the checkers cannot judge. Select it by name.
-    pub fn in_all(self) -> bool {
-        self != FaultKind::PowerLoss
-    }
-
     /// Returns the name used in `--faults` and in reports.
     pub fn name(self) -> &'static str {
         match self {
@@ -95,12 +85,7 @@ pub struct FaultMix(pub BTreeSet<FaultKind>);
 impl FaultMix {
     /// Returns the kinds `--faults all` selects.
     pub fn all() -> FaultMix {
-        FaultMix(
-            FaultKind::ALL
-                .into_iter()
-                .filter(|kind| kind.in_all())
-                .collect(),
-        )
+        FaultMix(FaultKind::ALL.into_iter().collect())
     }
 
     /// Returns the mix as `--faults` accepts it.
@@ -385,7 +370,7 @@ mod tests {
 
     #[test]
     fn mix_parses_all_none_and_lists() {
-        assert_eq!(all().0.len(), FaultKind::ALL.len() - 1);
+        assert_eq!(all().0.len(), FaultKind::ALL.len());
         assert!("none".parse::<FaultMix>().unwrap().0.is_empty());
         let mix: FaultMix = "pause, delay".parse().unwrap();
         assert_eq!(
@@ -402,13 +387,8 @@ mod tests {
     }
 
     #[test]
-    fn all_leaves_out_only_power_loss() {
-        assert!(!all().0.contains(&FaultKind::PowerLoss));
-        let mix: FaultMix = "power_loss".parse().unwrap();
-        assert_eq!(
-            mix.0.into_iter().collect::<Vec<_>>(),
-            [FaultKind::PowerLoss]
-        );
+    fn all_includes_power_loss() {
+        assert!(all().0.contains(&FaultKind::PowerLoss));
     }
 
     #[test]
