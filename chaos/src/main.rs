@@ -42,8 +42,8 @@ struct RunArgs {
     seed: u64,
     /// Faults to inject: all, none, or a comma-separated list of
     /// kill_restart, pause, partition, one_way_partition, delay,
-    /// clock_skew, rolling_restart, power_cut, power_loss. power_loss
-    /// needs a C compiler (cc, or the one CC names).
+    /// clock_skew, rolling_restart, power_cut, power_loss. `all` is every
+    /// kind but power_loss.
     #[arg(long, default_value = "all")]
     faults: FaultMix,
     /// Directory for node data, logs, history.txt and report.html.

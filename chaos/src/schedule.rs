@@ -56,6 +56,18 @@ impl FaultKind {
         FaultKind::PowerLoss,
     ];
 
+    /// Returns whether `--faults all` selects this kind.
+    ///
+    /// NOTE: `power_loss` is left out because after it sled 0.34.7 can
+    /// fail to reopen a database ("Read corrupted data at file offset"),
+    /// and a reopened follower can trip openraft's assertion that appended
+    /// entries follow its last log id. Neither shows up on the simulated
+    /// disk, so the cause is unproven: sled's recovery or the preload
+    /// journal's model of what a sync makes durable. Select it by name.
+    pub fn in_all(self) -> bool {
+        self != FaultKind::PowerLoss
+    }
+
     /// Returns the name used in `--faults` and in reports.
     pub fn name(self) -> &'static str {
         match self {
@@ -85,7 +97,12 @@ pub struct FaultMix(pub BTreeSet<FaultKind>);
 impl FaultMix {
     /// Returns the kinds `--faults all` selects.
     pub fn all() -> FaultMix {
-        FaultMix(FaultKind::ALL.into_iter().collect())
+        FaultMix(
+            FaultKind::ALL
+                .into_iter()
+                .filter(|kind| kind.in_all())
+                .collect(),
+        )
     }
 
     /// Returns the mix as `--faults` accepts it.
@@ -370,7 +387,7 @@ mod tests {
 
     #[test]
     fn mix_parses_all_none_and_lists() {
-        assert_eq!(all().0.len(), FaultKind::ALL.len());
+        assert_eq!(all().0.len(), FaultKind::ALL.len() - 1);
         assert!("none".parse::<FaultMix>().unwrap().0.is_empty());
         let mix: FaultMix = "pause, delay".parse().unwrap();
         assert_eq!(
@@ -387,8 +404,13 @@ mod tests {
     }
 
     #[test]
-    fn all_includes_power_loss() {
-        assert!(all().0.contains(&FaultKind::PowerLoss));
+    fn all_leaves_out_only_power_loss() {
+        assert!(!all().0.contains(&FaultKind::PowerLoss));
+        let mix: FaultMix = "power_loss".parse().unwrap();
+        assert_eq!(
+            mix.0.into_iter().collect::<Vec<_>>(),
+            [FaultKind::PowerLoss]
+        );
     }
 
     #[test]
