@@ -54,7 +54,10 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(ParleyServer::new(ParleyService::new(gateway.clone())))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Nagle's algorithm would hold small replies and events until
+            // the client's delayed ACK; tonic turns it off only on
+            // listeners it binds itself.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         );
     tokio::select! {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use parley_raft::{SledEngine, StorageEngine};
 use parley_shards::{NodeApiService, NodeClock, NodeHost};
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::NodeConfig;
 
@@ -65,7 +65,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         .http2_max_pending_accept_reset_streams(Some(PENDING_RESET_STREAMS_MAX))
         .add_service(host.transport_service().into_server())
         .add_service(NodeApiService::server(host.clone(), message_bytes_max))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+        .serve_with_incoming_shutdown(incoming_without_nagle(listener), shutdown);
     tokio::select! {
         served = server => served.context("the gRPC server failed")?,
         // Subscribe streams never end on their own, so a gateway following
@@ -91,6 +91,14 @@ pub async fn run(config: NodeConfig) -> Result<()> {
 /// guards public servers against rapid-reset floods; on the cluster's own
 /// links a healed partition cancels hundreds of timed-out Raft calls at once.
 const PENDING_RESET_STREAMS_MAX: usize = 4096;
+
+/// Accepts connections on `listener` with Nagle's algorithm off. tonic
+/// applies its own `tcp_nodelay` setting only to listeners it binds, and
+/// with Nagle on, a small reply waits for the peer's delayed ACK (up to
+/// 40 ms on Linux) before it is sent.
+fn incoming_without_nagle(listener: tokio::net::TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
 
 /// How long a stopping node waits for open connections to close before it
 /// drops them. Peers elect a new leader only after this node stops its
