@@ -320,6 +320,13 @@ async fn run_smoke(args: SmokeArgs) -> Result<()> {
                 .max(Duration::from_millis(1).as_secs_f64()),
         args.conversations
     );
+    let latencies = smoke::latency_percentiles_ms(&acks, &[50.0, 90.0, 99.0, 100.0]);
+    if let [p50, p90, p99, max] = latencies[..] {
+        println!(
+            "append latency ms: p50 {p50:.2} p90 {p90:.2} p99 {p99:.2} max {max:.2} with {} senders",
+            args.concurrency
+        );
+    }
     let report = smoke::verify(&client, &options, &acks).await?;
     println!("{report}");
     Ok(())

@@ -139,31 +139,50 @@ pub async fn shutdown_signal() {
 /// count the data belongs to.
 const IDENTITY_FILE: &str = "node-identity";
 
-/// Refuses to start on data written by another node id or with another
-/// shard count: ids hash to shards by the count, so a changed count hides
-/// existing conversations and a borrowed directory would vote as another
-/// node. Records both on the first start.
+/// Version of the Raft log entry encoding in the sled data. Format 2
+/// entries carry a batch of commands; format 1, written before the format
+/// was recorded, carried one command per entry.
+const LOG_FORMAT: u32 = 2;
+
+/// Refuses to start on data written by another node id, with another
+/// shard count or in another log format: ids hash to shards by the count,
+/// so a changed count hides existing conversations, a borrowed directory
+/// would vote as another node, and an old log would not decode. Records
+/// all three on the first start.
 fn check_data_identity(config: &NodeConfig) -> Result<()> {
     let path = config.data_dir.join(IDENTITY_FILE);
-    let expected = format!(
+    let identity = format!(
         "node_id={}\nshard_count={}\n",
         config.node_id, config.cluster.shard_count
     );
+    let expected = format!("{identity}log_format={LOG_FORMAT}\n");
     match std::fs::read_to_string(&path) {
         Ok(recorded) if recorded == expected => Ok(()),
+        Ok(recorded) if recorded.starts_with(&identity) => {
+            let format = recorded
+                .lines()
+                .find_map(|line| line.strip_prefix("log_format="))
+                .unwrap_or("1");
+            anyhow::bail!(
+                "data directory {} holds a Raft log in format {format}, but this build reads \
+                 only format {LOG_FORMAT}; run the build that wrote it, or start every node of \
+                 the cluster with an empty --data-dir",
+                config.data_dir.display()
+            )
+        }
         Ok(recorded) => anyhow::bail!(
             "data directory {} belongs to {}, but this node was started as {}; start it with \
              the recorded --id and --shards, or give it an empty --data-dir",
             config.data_dir.display(),
             recorded.trim().replace('\n', ", "),
-            expected.trim().replace('\n', ", ")
+            identity.trim().replace('\n', ", ")
         ),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             if config.data_dir.join("sled").exists() {
                 anyhow::bail!(
-                    "data directory {} has sled data but no {IDENTITY_FILE} file, so its node id \
-                     and shard count are unknown; restore the file or give the node an empty \
-                     --data-dir",
+                    "data directory {} has sled data but no {IDENTITY_FILE} file, so its node id, \
+                     shard count and log format are unknown; restore the file or give the node \
+                     an empty --data-dir",
                     config.data_dir.display()
                 );
             }

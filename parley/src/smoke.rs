@@ -48,7 +48,10 @@ pub struct Ack {
     pub conversation_id: String,
     pub client_message_id: String,
     pub seq: u64,
+    /// Commit feed position of the append (see `parley_raft::feed_position`).
     pub log_index: u64,
+    /// Time from the first attempt to the acknowledgement, retries included.
+    pub latency: Duration,
 }
 
 pub fn conversation_id(options: &SmokeOptions, index: usize) -> String {
@@ -121,7 +124,9 @@ pub async fn append_range(
                 if index >= end {
                     return Ok::<(), anyhow::Error>(());
                 }
-                let ack = append_one(&client, &options, index).await?;
+                let started = tokio::time::Instant::now();
+                let mut ack = append_one(&client, &options, index).await?;
+                ack.latency = started.elapsed();
                 on_ack(&ack);
                 acks.lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -156,9 +161,27 @@ async fn append_one(client: &ClusterClient, options: &SmokeOptions, index: usize
             client_message_id: append.client_message_id,
             seq: appended.seq,
             log_index,
+            latency: Duration::ZERO,
         }),
         other => bail!("append {index} returned {other:?}"),
     }
+}
+
+/// Returns the append latency at each of `percentiles` (0 to 100), in
+/// milliseconds, or an empty list when there are no acks.
+pub fn latency_percentiles_ms(acks: &[Ack], percentiles: &[f64]) -> Vec<f64> {
+    let mut latencies: Vec<Duration> = acks.iter().map(|ack| ack.latency).collect();
+    latencies.sort_unstable();
+    let Some(last) = latencies.len().checked_sub(1) else {
+        return Vec::new();
+    };
+    percentiles
+        .iter()
+        .map(|percentile| {
+            let rank = ((percentile / 100.0) * last as f64).round() as usize;
+            latencies[rank.min(last)].as_secs_f64() * 1_000.0
+        })
+        .collect()
 }
 
 /// Counts of what verification checked.

@@ -83,3 +83,31 @@ fn node_rejects_data_of_other_shard_count_or_id() {
         "the error names the recorded id: {stderr}"
     );
 }
+
+#[test]
+fn node_rejects_data_of_older_log_format() {
+    let temp = tempfile::tempdir().expect("temporary directory");
+    let data_dir = temp.path().join("node1");
+    std::fs::create_dir_all(&data_dir).expect("create data directory");
+    // Data written before the log format was recorded: one command per entry.
+    std::fs::write(data_dir.join("node-identity"), "node_id=1\nshard_count=8\n")
+        .expect("write identity");
+    let peers: Vec<String> = (0..3).map(|_| free_address()).collect();
+
+    let output = node_command(&data_dir, 1, 8, &peers)
+        .output()
+        .expect("run node");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a log in an older format must not start: {stderr}"
+    );
+    assert!(
+        stderr.contains("format 1"),
+        "the error names the recorded format: {stderr}"
+    );
+    assert!(
+        stderr.contains("empty --data-dir"),
+        "the error says how to start fresh: {stderr}"
+    );
+}

@@ -17,7 +17,10 @@ pub mod runtime;
 pub mod state_machine;
 pub mod types;
 
-pub use commit_feed::{CommitFeed, CommittedEntry, Compacted, FeedItem};
+pub use commit_feed::{
+    feed_position, feed_position_end, CommitFeed, CommittedEntry, Compacted, FeedItem,
+    ENTRY_COMMANDS_MAX,
+};
 #[cfg(not(madsim))]
 pub use engine::SledEngine;
 pub use engine::{SimDisk, StorageEngine, WriteBatch};

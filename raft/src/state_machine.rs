@@ -13,7 +13,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use parley_core::{Limits, ShardState};
 use serde::{Deserialize, Serialize};
 
-use crate::commit_feed::{CommitFeed, CommittedEntry};
+use crate::commit_feed::{feed_position, CommitFeed, CommittedEntry};
 use crate::engine::{StorageEngine, WriteBatch};
 use crate::error::EngineError;
 use crate::keys;
@@ -103,7 +103,7 @@ impl ShardStateMachine {
             },
         };
         let applied_index = applied.last_applied.map_or(0, |log_id| log_id.index);
-        let feed = CommitFeed::new(applied_index + 1, feed_entries_max);
+        let feed = CommitFeed::new(applied_index, feed_entries_max);
         let (applied_index, _) = tokio::sync::watch::channel(applied_index);
         let applied = AppliedHandle {
             inner: Arc::new(RwLock::new(applied)),
@@ -283,14 +283,17 @@ fn apply_entry(applied: &mut Applied, entry: Entry, feed: &CommitFeed) -> Respon
     match entry.payload {
         EntryPayload::Blank => Response::default(),
         EntryPayload::Normal(request) => {
-            let result =
-                prost::Message::encode_to_vec(&applied.state.apply_encoded(&request.command));
-            feed.push(CommittedEntry {
-                log_index: entry.log_id.index,
-                command: request.command,
-                result: result.clone(),
-            });
-            Response { result }
+            let mut results = Vec::with_capacity(request.commands.len());
+            for (item, command) in request.commands.into_iter().enumerate() {
+                let result = prost::Message::encode_to_vec(&applied.state.apply_encoded(&command));
+                feed.push(CommittedEntry {
+                    position: feed_position(entry.log_id.index, item),
+                    command: command.into_vec(),
+                    result: result.clone(),
+                });
+                results.push(serde_bytes::ByteBuf::from(result));
+            }
+            Response { results }
         }
         EntryPayload::Membership(membership) => {
             applied.membership = StoredMembership::new(Some(entry.log_id), membership);

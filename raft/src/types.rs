@@ -1,10 +1,15 @@
 //! The openraft type configuration shared by every Parley shard group.
 //!
-//! Log entries carry an encoded `parley_core::proto::Command` as opaque
-//! bytes, so the Raft layer never interprets application data; the state
-//! machine decodes it at apply time and rejects what it cannot decode.
+//! A log entry carries a batch of encoded `parley_core::proto::Command`s as
+//! opaque bytes, so the Raft layer never interprets application data. The
+//! state machine decodes each command at apply time and rejects what it
+//! cannot decode. Batching lets one entry, one fsync and one replication
+//! round trip carry many concurrent proposals.
 
 use serde::{Deserialize, Serialize};
+/// The byte buffer commands and results are carried in; bincode encodes it
+/// as one length-prefixed run rather than byte by byte.
+pub use serde_bytes::ByteBuf;
 
 /// Node ids are assigned by the operator and never reused for another node.
 pub type NodeId = u64;
@@ -12,20 +17,19 @@ pub type NodeId = u64;
 /// A shard group id; shard groups are numbered from 0.
 pub type ShardId = u32;
 
-/// A proposed command, encoded as `parley_core::proto::Command`.
+/// Proposed commands, each encoded as `parley_core::proto::Command`,
+/// applied in order as one log entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
-    #[serde(with = "serde_bytes")]
-    pub command: Vec<u8>,
+    pub commands: Vec<ByteBuf>,
 }
 
-/// The outcome of applying one log entry, encoded as
-/// `parley_core::proto::CommandResult`. Blank and membership entries have an
-/// empty result.
+/// The outcomes of applying one log entry, one encoded
+/// `parley_core::proto::CommandResult` per command of its `Request`, in
+/// order. Blank and membership entries have none.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
-    #[serde(with = "serde_bytes")]
-    pub result: Vec<u8>,
+    pub results: Vec<ByteBuf>,
 }
 
 openraft::declare_raft_types!(

@@ -1,4 +1,11 @@
 //! The node API gRPC service, a thin adapter over `NodeHost`.
+//!
+//! The fields that a gateway matches against its commit stream carry
+//! commit feed positions (`parley_raft::feed_position`), not Raft log
+//! indexes: `ProposeReply.log_index`, `ConversationsReply.applied_index`,
+//! `SubscribeRequest.from_index` and `CommittedEntry.log_index`. A log
+//! entry carries a batch of commands, and a position names one of them.
+//! History and status replies carry Raft log indexes.
 
 use std::sync::Arc;
 
@@ -124,16 +131,16 @@ async fn forward_feed(
 ) {
     let mut next_index = request.from_index;
     for entry in backlog {
-        next_index = entry.log_index + 1;
+        next_index = entry.position + 1;
         if sender.send(Ok(to_proto(&entry))).await.is_err() {
             return;
         }
     }
     loop {
         let item = match receiver.recv().await {
-            Ok(FeedItem::Entry(entry)) if entry.log_index < next_index => continue,
+            Ok(FeedItem::Entry(entry)) if entry.position < next_index => continue,
             Ok(FeedItem::Entry(entry)) => {
-                next_index = entry.log_index + 1;
+                next_index = entry.position + 1;
                 Ok(to_proto(&entry))
             }
             Ok(FeedItem::SnapshotInstalled { last_index }) => {
@@ -161,7 +168,7 @@ async fn forward_feed(
 
 fn to_proto(entry: &parley_raft::CommittedEntry) -> CommittedEntry {
     CommittedEntry {
-        log_index: entry.log_index,
+        log_index: entry.position,
         command: entry.command.clone(),
         result: entry.result.clone(),
     }

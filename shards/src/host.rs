@@ -11,17 +11,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use openraft::BasicNode;
 use parley_core::proto::command::Kind;
 use parley_core::proto::{CommandResult, HistoryQuery, RejectionCode};
 use parley_core::ConversationKind;
 use parley_raft::{
-    AppliedHandle, CommitFeed, LogStore, NetworkFactory, NodeId, PeerChannels, Raft, Request,
-    ShardId, ShardRegistry, ShardStateMachine, StorageEngine, TransportService, TransportSettings,
+    feed_position_end, AppliedHandle, CommitFeed, LogStore, NetworkFactory, NodeId, PeerChannels,
+    Raft, ShardId, ShardRegistry, ShardStateMachine, StorageEngine, TransportService,
+    TransportSettings,
 };
 use prost::Message;
 
+use crate::batcher::{BatchOutcome, ProposalBatcher};
 use crate::clock::NodeClock;
 use crate::error::ShardsError;
 use crate::proto::node_api_client::NodeApiClient;
@@ -41,6 +43,7 @@ const LOCAL_READ_WAIT: Duration = Duration::from_secs(5);
 struct Replica {
     raft: Raft,
     applied: AppliedHandle,
+    batcher: ProposalBatcher,
 }
 
 /// All shard replicas of one node.
@@ -210,50 +213,39 @@ impl NodeHost {
             append.proposer_time_ms = self.clock.now_ms();
         }
         let timeout = self.settings.propose_timeout();
-        let write = replica.raft.client_write(Request {
-            command: command.encode_to_vec(),
-        });
-        let outcome =
-            tokio::time::timeout(timeout, write)
-                .await
-                .map_err(|_| ShardsError::TimedOut {
-                    shard,
-                    timeout_ms: timeout.as_millis() as u64,
-                })?;
+        let timed_out = || ShardsError::TimedOut {
+            shard,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        let proposal = replica.batcher.propose(command.encode_to_vec());
+        let outcome = tokio::time::timeout(timeout, proposal)
+            .await
+            .map_err(|_| timed_out())?;
 
         match outcome {
-            Ok(response) => {
-                let result =
-                    CommandResult::decode(response.data.result.as_slice()).map_err(|error| {
-                        ShardsError::Fatal {
-                            shard,
-                            message: format!("applied result does not decode: {error}"),
-                        }
-                    })?;
+            BatchOutcome::Committed {
+                result, position, ..
+            } => {
+                let result = CommandResult::decode(result.as_slice()).map_err(|error| {
+                    ShardsError::Fatal {
+                        shard,
+                        message: format!("applied result does not decode: {error}"),
+                    }
+                })?;
+                // The reply carries the command's feed position, which a
+                // gateway compares with the positions of its commit stream.
                 Ok(ProposeReply {
                     result: Some(result),
                     shard_id: shard,
-                    log_index: response.log_id.index,
+                    log_index: position,
                 })
             }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                match forward.leader_id {
-                    Some(leader) if leader != self.node_id => {
-                        self.forward_propose(leader, request).await
-                    }
-                    _ => Err(ShardsError::NoLeader { shard }),
-                }
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error))) => {
-                Err(ShardsError::Fatal {
-                    shard,
-                    message: error.to_string(),
-                })
-            }
-            Err(RaftError::Fatal(fatal)) => Err(ShardsError::Fatal {
-                shard,
-                message: fatal.to_string(),
-            }),
+            BatchOutcome::ForwardToLeader {
+                leader: Some(leader),
+            } if leader != self.node_id => self.forward_propose(leader, request).await,
+            BatchOutcome::ForwardToLeader { .. } => Err(ShardsError::NoLeader { shard }),
+            BatchOutcome::TimedOut => Err(timed_out()),
+            BatchOutcome::Fatal { message } => Err(ShardsError::Fatal { shard, message }),
         }
     }
 
@@ -431,7 +423,9 @@ impl NodeHost {
     }
 
     /// Returns every conversation and user of this node's replica of
-    /// `shard`, as of one applied index.
+    /// `shard`, as of one applied index. The reply's `applied_index` is the
+    /// last commit feed position that index covers, so a gateway that loads
+    /// this reply subscribes from the position after it.
     pub fn conversations(&self, shard: ShardId) -> Result<ConversationsReply, ShardsError> {
         let replica = self.hosted(shard)?;
         let applied = replica.applied.read();
@@ -448,7 +442,9 @@ impl NodeHost {
             .collect();
         Ok(ConversationsReply {
             shard_id: shard,
-            applied_index: applied.last_applied.map_or(0, |log_id| log_id.index),
+            applied_index: applied
+                .last_applied
+                .map_or(0, |log_id| feed_position_end(log_id.index)),
             conversations,
             user_ids: state.user_ids(),
         })
@@ -520,6 +516,7 @@ async fn start_replica(
             shard,
             message: error.to_string(),
         })?;
+    let batcher = ProposalBatcher::start(raft.clone(), shard, settings.proposal_batching.clone());
     let pause_max = Duration::from_millis(settings.raft.election_timeout_ms_max);
     tokio::spawn(crate::elections::break_split_votes(
         raft.clone(),
@@ -527,7 +524,11 @@ async fn start_replica(
         shard,
         pause_max,
     ));
-    Ok(Replica { raft, applied })
+    Ok(Replica {
+        raft,
+        applied,
+        batcher,
+    })
 }
 
 async fn wait_applied(

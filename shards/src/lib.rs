@@ -5,10 +5,12 @@
 //! - `clock`: the per-node wall clock that stamps appends.
 //! - `settings`: cluster-wide settings and their digest.
 //! - `host`: the multi-raft host, leader forwarding and reads.
+//! - `batcher`: groups a replica's concurrent proposals into log entries.
 //! - `api`: the node API gRPC service.
 //! - `client`: a node API client that retries across nodes.
 
 pub mod api;
+pub mod batcher;
 pub mod client;
 pub mod clock;
 mod elections;
@@ -24,6 +26,7 @@ pub mod proto {
 }
 
 pub use api::NodeApiService;
+pub use batcher::BatchLimits;
 pub use clock::NodeClock;
 pub use error::ShardsError;
 pub use host::NodeHost;

@@ -12,6 +12,7 @@ use parley_core::Limits;
 use parley_raft::NodeId;
 use sha2::{Digest, Sha256};
 
+use crate::batcher::BatchLimits;
 use crate::error::ShardsError;
 use crate::shard_map::{ShardMap, REPLICAS_PER_SHARD};
 
@@ -59,6 +60,9 @@ pub struct ClusterSettings {
     /// Applied commands each replica keeps for gateways that resume their
     /// commit stream; an older resume point makes the gateway reload.
     pub commit_feed_entries_max: usize,
+    /// Limits on grouping proposals into log entries. Nodes may differ
+    /// here, so they are not part of the digest.
+    pub proposal_batching: BatchLimits,
 }
 
 impl ClusterSettings {
@@ -73,6 +77,10 @@ impl ClusterSettings {
             message_bytes_max: 64 * 1024 * 1024,
             propose_timeout_ms: 5_000,
             commit_feed_entries_max: 16_384,
+            proposal_batching: BatchLimits {
+                write_timeout: Duration::from_millis(5_000),
+                ..BatchLimits::default()
+            },
         }
     }
 
