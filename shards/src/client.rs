@@ -4,6 +4,7 @@
 //! (no leader, timeout, node down), so an append retried after an ambiguous
 //! failure commits once: its client message id makes it idempotent.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::proto::node_api_client::NodeApiClient;
@@ -12,6 +13,8 @@ use crate::proto::{
     StatusRequest,
 };
 use parley_core::proto::{Command, HistoryQuery, StoredMessage};
+
+use crate::shard_map::{routing_id, shard_of_id};
 use tonic::transport::{Channel, Endpoint};
 
 /// Largest message the client sends or accepts, in bytes.
@@ -57,6 +60,51 @@ type Result<T> = std::result::Result<T, ClientError>;
 pub struct ClusterClient {
     addresses: Vec<String>,
     clients: Vec<NodeApiClient<Channel>>,
+    leaders: Arc<Mutex<LeaderCache>>,
+}
+
+/// The node each shard's last proposal was committed by, learned from
+/// `ProposeReply`, so the next proposal skips the forwarding hop. A stale
+/// entry costs one forward, as if there were no cache.
+#[derive(Default)]
+struct LeaderCache {
+    shard_count: u32,
+    /// Index into `ClusterClient::addresses` per shard.
+    leader_index: Vec<Option<usize>>,
+}
+
+impl LeaderCache {
+    fn leader_of(&self, command: &Command) -> Option<usize> {
+        if self.shard_count == 0 {
+            return None;
+        }
+        let shard = shard_of_id(routing_id(command)?, self.shard_count);
+        self.leader_index.get(shard as usize).copied().flatten()
+    }
+
+    fn learn(&mut self, reply: &ProposeReply, addresses: &[String]) {
+        if reply.shard_count == 0 || reply.shard_id >= reply.shard_count {
+            return;
+        }
+        if reply.shard_count != self.shard_count {
+            self.shard_count = reply.shard_count;
+            self.leader_index = vec![None; reply.shard_count as usize];
+        }
+        let leader = addresses
+            .iter()
+            .position(|address| *address == reply.leader_address);
+        self.leader_index[reply.shard_id as usize] = leader;
+    }
+
+    fn forget(&mut self, command: &Command) {
+        if self.shard_count == 0 {
+            return;
+        }
+        if let Some(id) = routing_id(command) {
+            let shard = shard_of_id(id, self.shard_count);
+            self.leader_index[shard as usize] = None;
+        }
+    }
 }
 
 /// Whether a failed call may succeed if tried again. RESOURCE_EXHAUSTED
@@ -100,7 +148,16 @@ impl ClusterClient {
         Ok(ClusterClient {
             addresses: addresses.to_vec(),
             clients,
+            leaders: Arc::default(),
         })
+    }
+
+    fn lock_leaders(&self) -> std::sync::MutexGuard<'_, LeaderCache> {
+        // The cache holds only routing hints, so one left by a panicking
+        // holder is still safe to use.
+        self.leaders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn addresses(&self) -> &[String] {
@@ -112,13 +169,15 @@ impl ClusterClient {
         self.clients[node_index].clone()
     }
 
-    /// Proposes `command`, retrying transient failures on the next node
-    /// until `deadline` has passed.
+    /// Proposes `command` to its shard's last known leader, else to the
+    /// nodes in turn, retrying transient failures on the next node until
+    /// `deadline` has passed.
     pub async fn propose(&self, command: Command, deadline: Duration) -> Result<ProposeReply> {
         let started = tokio::time::Instant::now();
+        let first = self.lock_leaders().leader_of(&command).unwrap_or(0);
         let mut attempt = 0usize;
         loop {
-            let index = attempt % self.clients.len();
+            let index = (first + attempt) % self.clients.len();
             let mut client = self.clients[index].clone();
             let request = ProposeRequest {
                 command: Some(command.clone()),
@@ -126,7 +185,11 @@ impl ClusterClient {
             };
             let outcome = tokio::time::timeout(CALL_TIMEOUT, client.propose(request)).await;
             let status = match outcome {
-                Ok(Ok(reply)) => return Ok(reply.into_inner()),
+                Ok(Ok(reply)) => {
+                    let reply = reply.into_inner();
+                    self.lock_leaders().learn(&reply, &self.addresses);
+                    return Ok(reply);
+                }
                 Ok(Err(status)) if !is_transient(&status) => {
                     return Err(ClientError::Rejected {
                         node: self.addresses[index].clone(),
@@ -136,6 +199,7 @@ impl ClusterClient {
                 Ok(Err(status)) => status.to_string(),
                 Err(_) => format!("no reply within {} ms", CALL_TIMEOUT.as_millis()),
             };
+            self.lock_leaders().forget(&command);
             if started.elapsed() > deadline {
                 return Err(ClientError::GaveUp {
                     node: self.addresses[index].clone(),
@@ -259,7 +323,73 @@ impl ClusterClient {
 mod tests {
     use std::sync::Arc;
 
-    use super::is_transient;
+    use super::{is_transient, LeaderCache};
+    use crate::proto::ProposeReply;
+    use parley_core::proto::command::Kind;
+    use parley_core::proto::{Append, Command};
+
+    fn append_to(conversation_id: &str) -> Command {
+        Command {
+            kind: Some(Kind::Append(Append {
+                conversation_id: conversation_id.into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn leader_cache_routes_shard_to_learned_leader() {
+        let addresses = vec!["a:1".to_string(), "b:2".to_string(), "c:3".to_string()];
+        let command = append_to("group-1");
+        let shard = crate::shard_map::shard_of_id("group-1", 8);
+        let mut cache = LeaderCache::default();
+        assert_eq!(cache.leader_of(&command), None);
+
+        cache.learn(
+            &ProposeReply {
+                shard_id: shard,
+                shard_count: 8,
+                leader_address: "c:3".into(),
+                ..Default::default()
+            },
+            &addresses,
+        );
+        assert_eq!(cache.leader_of(&command), Some(2));
+
+        cache.forget(&command);
+        assert_eq!(cache.leader_of(&command), None);
+    }
+
+    #[test]
+    fn leader_cache_ignores_unknown_address_and_bad_shard() {
+        let addresses = vec!["a:1".to_string()];
+        let command = append_to("group-1");
+        let shard = crate::shard_map::shard_of_id("group-1", 8);
+        let mut cache = LeaderCache::default();
+
+        cache.learn(
+            &ProposeReply {
+                shard_id: shard,
+                shard_count: 8,
+                leader_address: "elsewhere:9".into(),
+                ..Default::default()
+            },
+            &addresses,
+        );
+        assert_eq!(cache.leader_of(&command), None);
+
+        cache.learn(
+            &ProposeReply {
+                shard_id: 8,
+                shard_count: 8,
+                leader_address: "a:1".into(),
+                ..Default::default()
+            },
+            &addresses,
+        );
+        assert_eq!(cache.leader_of(&command), None);
+    }
 
     #[test]
     fn resource_exhausted_from_connection_is_transient() {

@@ -238,6 +238,12 @@ impl NodeHost {
                     result: Some(result),
                     shard_id: shard,
                     log_index: position,
+                    leader_address: self
+                        .map
+                        .address_of(self.node_id)
+                        .unwrap_or_default()
+                        .to_string(),
+                    shard_count: self.map.shard_count(),
                 })
             }
             BatchOutcome::ForwardToLeader {

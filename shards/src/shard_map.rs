@@ -32,6 +32,24 @@ pub fn bucket_of(id: &str) -> u32 {
     (fnv1a_64(id.as_bytes()) % u64::from(BUCKET_COUNT)) as u32
 }
 
+/// Returns the id that places `command` on a shard: the user for user and
+/// device registration, the conversation for everything else. None when
+/// the command has no kind.
+pub fn routing_id(command: &Command) -> Option<&str> {
+    let id = match command.kind.as_ref()? {
+        Kind::RegisterUser(register) => &register.user_id,
+        Kind::RegisterDevice(register) => &register.user_id,
+        Kind::CreateDirect(create) => &create.conversation_id,
+        Kind::CreateGroup(create) => &create.conversation_id,
+        Kind::AddMembers(add) => &add.conversation_id,
+        Kind::RemoveMember(remove) => &remove.conversation_id,
+        Kind::Append(append) => &append.conversation_id,
+        Kind::MarkDelivered(mark) => &mark.conversation_id,
+        Kind::MarkRead(mark) => &mark.conversation_id,
+    };
+    Some(id)
+}
+
 /// Returns the shard that owns an id in a cluster of `shard_count` shards.
 pub fn shard_of_id(id: &str, shard_count: u32) -> ShardId {
     bucket_of(id) % shard_count
@@ -78,18 +96,7 @@ impl ShardMap {
     /// Returns the shard a command belongs to: its conversation's shard, or
     /// for user and device registration the user's shard.
     pub fn shard_of_command(&self, command: &Command) -> Option<ShardId> {
-        let key = match command.kind.as_ref()? {
-            Kind::RegisterUser(register) => &register.user_id,
-            Kind::RegisterDevice(register) => &register.user_id,
-            Kind::CreateDirect(create) => &create.conversation_id,
-            Kind::CreateGroup(create) => &create.conversation_id,
-            Kind::AddMembers(add) => &add.conversation_id,
-            Kind::RemoveMember(remove) => &remove.conversation_id,
-            Kind::Append(append) => &append.conversation_id,
-            Kind::MarkDelivered(mark) => &mark.conversation_id,
-            Kind::MarkRead(mark) => &mark.conversation_id,
-        };
-        Some(self.shard_of(key))
+        routing_id(command).map(|id| self.shard_of(id))
     }
 
     /// Returns the nodes carrying replicas of `shard`: `REPLICAS_PER_SHARD`
