@@ -57,8 +57,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     );
     let message_bytes_max = config.cluster.message_bytes_max;
     let (stopping, stop_requested) = tokio::sync::watch::channel(false);
+    let stopping_host = host.clone();
     let shutdown = async move {
         shutdown_signal().await;
+        stopping_host.begin_stop();
         stopping.send_replace(true);
     };
     let server = tonic::transport::Server::builder()
@@ -68,12 +70,13 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         .serve_with_incoming_shutdown(incoming_without_nagle(listener), shutdown);
     tokio::select! {
         served = server => served.context("the gRPC server failed")?,
-        // Subscribe streams never end on their own, so a gateway following
-        // this node would hold the graceful shutdown open forever.
+        // A client that keeps its connection open would hold the graceful
+        // shutdown open forever. Its connection task ends when the process
+        // exits.
         () = drain_expired(stop_requested) => tracing::warn!(
             node = config.node_id,
             drain_max_ms = SHUTDOWN_DRAIN_MAX.as_millis() as u64,
-            "connections still open after the shutdown drain; closing them"
+            "connections still open after the shutdown drain; stopping without them"
         ),
     }
 
@@ -94,8 +97,8 @@ const PENDING_RESET_STREAMS_MAX: usize = 4096;
 
 /// Accepts connections on `listener` with Nagle's algorithm off. tonic
 /// applies its own `tcp_nodelay` setting only to listeners it binds, and
-/// with Nagle on, a small reply waits for the peer's delayed ACK (up to
-/// 40 ms on Linux) before it is sent.
+/// with Nagle on, a small reply can wait for the peer's delayed ACK
+/// (40 ms at least on Linux) before it is sent.
 fn incoming_without_nagle(listener: tokio::net::TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }

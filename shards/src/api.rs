@@ -62,7 +62,14 @@ impl NodeApi for NodeApiService {
             .map_err(|compacted| tonic::Status::out_of_range(compacted.to_string()))?;
 
         let (sender, stream) = tokio::sync::mpsc::channel(SUBSCRIBER_BUFFER_ENTRIES);
-        tokio::spawn(forward_feed(request, backlog, receiver, sender));
+        let stop_requested = self.host.stop_requested();
+        tokio::spawn(forward_feed(
+            request,
+            backlog,
+            receiver,
+            sender,
+            stop_requested,
+        ));
         let stream = futures::stream::unfold(stream, |mut stream| async move {
             stream.recv().await.map(|item| (item, stream))
         });
@@ -128,6 +135,7 @@ async fn forward_feed(
     backlog: Vec<Arc<parley_raft::CommittedEntry>>,
     mut receiver: tokio::sync::broadcast::Receiver<FeedItem>,
     sender: EntrySender,
+    stop_requested: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut next_index = request.from_index;
     for entry in backlog {
@@ -136,8 +144,24 @@ async fn forward_feed(
             return;
         }
     }
+    let stopped = node_stopping(stop_requested);
+    tokio::pin!(stopped);
     loop {
-        let item = match receiver.recv().await {
+        let received = tokio::select! {
+            received = receiver.recv() => received,
+            // The stream would otherwise hold the node's graceful shutdown
+            // open; the gateway resubscribes on another replica.
+            () = &mut stopped => {
+                let status = tonic::Status::unavailable(format!(
+                    "this node is stopping; subscribe to shard {} on another replica from \
+                     index {next_index}",
+                    request.shard_id
+                ));
+                let _ = sender.send(Err(status)).await;
+                return;
+            }
+        };
+        let item = match received {
             Ok(FeedItem::Entry(entry)) if entry.position < next_index => continue,
             Ok(FeedItem::Entry(entry)) => {
                 next_index = entry.position + 1;
@@ -162,6 +186,16 @@ async fn forward_feed(
         let stop = item.is_err();
         if sender.send(item).await.is_err() || stop {
             return;
+        }
+    }
+}
+
+/// Completes once `stop_requested` turns true; never if its sender is
+/// dropped first.
+async fn node_stopping(mut stop_requested: tokio::sync::watch::Receiver<bool>) {
+    while !*stop_requested.borrow_and_update() {
+        if stop_requested.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }

@@ -56,6 +56,9 @@ pub struct NodeHost {
     channels: PeerChannels,
     transport_settings: Arc<TransportSettings>,
     clock: NodeClock,
+    /// Turns true when the node begins to stop, which ends Subscribe
+    /// streams so their gateways move to another replica.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl NodeHost {
@@ -116,6 +119,7 @@ impl NodeHost {
             channels,
             transport_settings,
             clock,
+            stopping: tokio::sync::watch::Sender::new(false),
         });
         host.bootstrap().await;
         Ok(host)
@@ -302,9 +306,10 @@ impl NodeHost {
         let address = self.map.address_of(target).unwrap_or_default().to_string();
         match reply {
             Ok(Ok(response)) => Ok(response.into_inner()),
-            // A status with a source was made on this side of the hop, from a
-            // connection failure such as an HTTP/2 GOAWAY, so it says nothing
-            // about the request and the caller may retry it.
+            // A status with a source was made on this side of the hop from a
+            // transport failure, such as an HTTP/2 GOAWAY, not by the leader.
+            // The caller may retry it: a retried send is deduplicated by its
+            // client message id.
             Ok(Err(status)) if std::error::Error::source(&status).is_some() => {
                 Err(ShardsError::Forward {
                     node: target,
@@ -486,6 +491,16 @@ impl NodeHost {
     }
 
     /// Stops every Raft member on this node.
+    /// Marks the node as stopping, which ends its Subscribe streams.
+    pub fn begin_stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Returns a receiver that turns true once `begin_stop` is called.
+    pub fn stop_requested(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
     pub async fn shutdown(&self) {
         for (shard, replica) in &self.replicas {
             if let Err(error) = replica.raft.shutdown().await {
