@@ -18,5 +18,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(&descriptor_path)
         .skip_protoc_run()
         .compile_protos(&[proto], &["../proto"])?;
+
+    // madsim-tonic-build 0.6 has no codec option, so the real stubs are
+    // generated again, over its output, with the small-buffer codec.
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(&descriptor_path)
+        .skip_protoc_run()
+        .codec_path("crate::codec::SmallBufferCodec")
+        .compile_protos(&[proto], &["../proto"])?;
     Ok(())
 }

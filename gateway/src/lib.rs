@@ -17,6 +17,8 @@ pub mod proto {
 
 pub mod auth;
 mod cluster;
+#[cfg(not(madsim))]
+pub mod codec;
 mod config;
 pub mod context;
 mod delivered;
