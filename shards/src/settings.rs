@@ -35,9 +35,14 @@ pub struct RaftTiming {
 impl Default for RaftTiming {
     fn default() -> Self {
         RaftTiming {
-            heartbeat_interval_ms: 100,
-            election_timeout_ms_min: 400,
-            election_timeout_ms_max: 800,
+            // openraft 0.9 lets a follower that heard from its leader
+            // campaign only after the leader lease (election_timeout_ms_max)
+            // plus its own election timeout, checked on a tick of 1.5
+            // heartbeats: 600 to 875 ms with these values. That bounds how
+            // long a shard goes without a leader after its leader dies.
+            heartbeat_interval_ms: 50,
+            election_timeout_ms_min: 200,
+            election_timeout_ms_max: 400,
             snapshot_after_entries: 5_000,
             entries_kept_after_snapshot: 1_000,
             append_entries_max: 64,
