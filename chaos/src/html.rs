@@ -406,10 +406,23 @@ pub fn fault_rows(summary: &Summary) -> Vec<(String, String)> {
     rows
 }
 
-/// Returns a row per checked invariant, every checker's included.
+/// Checks a run makes besides the history checkers: delivery to every
+/// device after healing, leaders and applied indexes agreeing, no process
+/// exiting or panicking on its own, and every fault applied and undone.
+const RUN_CHECKS: [&str; 5] = [
+    parley_simulation::verify::LIVENESS,
+    crate::run::CONVERGED,
+    crate::run::PROCESS_EXIT,
+    crate::run::PANIC,
+    crate::run::FAULT_INJECTION,
+];
+
+/// Returns a row per check the run makes, every checker's included, so a
+/// passing run shows what it checked.
 pub fn invariant_rows(summary: &Summary) -> Vec<(&'static str, u64)> {
     let mut rows: Vec<(&'static str, u64)> = parley_core::checkers::INVARIANTS
         .iter()
+        .chain(RUN_CHECKS.iter())
         .map(|name| (*name, 0))
         .collect();
     for (invariant, count) in &summary.violations_by_invariant {
@@ -538,10 +551,14 @@ mod tests {
     }
 
     #[test]
-    fn invariant_rows_include_every_checker() {
+    fn invariant_rows_include_every_check() {
         let summary = summarize(&History::new(), &[], (0, 1), &[]);
         let rows = invariant_rows(&summary);
-        assert_eq!(rows.len(), parley_core::checkers::INVARIANTS.len());
+        assert_eq!(
+            rows.len(),
+            parley_core::checkers::INVARIANTS.len() + RUN_CHECKS.len()
+        );
+        assert!(rows.iter().any(|(name, _)| *name == "liveness_delivery"));
         assert!(rows.iter().all(|(_, count)| *count == 0));
     }
 }
