@@ -1,5 +1,5 @@
 //! parley-bench: a load generator that drives a local Parley cluster and,
-//! with the same payloads, concurrency and durability, 3-member etcd and
+//! with the same payloads and concurrency, 3-member etcd and
 //! NATS JetStream clusters, and reports throughput and latency
 //! percentiles per scenario.
 

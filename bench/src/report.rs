@@ -120,9 +120,11 @@ impl Report {
         page.push_str("# Benchmarks\n\n");
         page.push_str(
             "Measured by `parley-bench` (crate `bench/`), which starts every server itself on \
-             127.0.0.1 with data in a temporary folder and drives it with the same payloads, \
-             concurrency and durability. The load generator runs on the same machine as the \
-             servers and shares its cores. Rerun with:\n\n",
+             127.0.0.1 with data in a temporary folder and drives it with the same payloads \
+             and concurrency. Parley and etcd acknowledge a write only after it is synced to \
+             disk on a majority; NATS JetStream 2.9 does not sync each write (see the notes). \
+             The load generator runs on the same machine as the servers and shares its cores. \
+             Rerun with:\n\n",
         );
         let _ = writeln!(
             page,

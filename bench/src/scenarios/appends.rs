@@ -202,6 +202,34 @@ pub async fn run(context: &Context, report: &mut Report) -> Result<()> {
         results.insert(system, system_results);
     }
     report.add(section(context, &results, open_rate, notes));
+    check_every_write_succeeded(&results)
+}
+
+/// Fails the scenario when any run had a failed write or none succeeded,
+/// after its table is reported, so a broken system cannot pass as slow.
+fn check_every_write_succeeded(results: &BTreeMap<System, SystemResults>) -> Result<()> {
+    let mut failed = Vec::new();
+    for (system, system_results) in results {
+        let closed = system_results.closed.iter();
+        let open = system_results.open.iter().filter_map(|(senders, outcome)| {
+            outcome.as_ref().ok().map(|summary| (senders, summary))
+        });
+        for (senders, summary) in closed.chain(open) {
+            if summary.errors > 0 || summary.count == 0 {
+                failed.push(format!(
+                    "{} at {senders} senders: {} writes failed, {} succeeded",
+                    system.name(),
+                    summary.errors,
+                    summary.count
+                ));
+            }
+        }
+    }
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{}; rerun with RUST_LOG=debug to see each failed write",
+        failed.join("; ")
+    );
     Ok(())
 }
 
