@@ -90,9 +90,9 @@ pub async fn run(config: NodeConfig) -> Result<()> {
 }
 
 /// Streams a peer may reset before this node accepts them, after which h2
-/// closes the connection with ENHANCE_YOUR_CALM. hyper's default of 20
-/// guards public servers against rapid-reset floods; on the cluster's own
-/// links a healed partition cancels hundreds of timed-out Raft calls at once.
+/// closes the connection with ENHANCE_YOUR_CALM. The h2 default of 20
+/// guards public servers against rapid-reset floods. On the cluster's own
+/// links, a healed partition cancels hundreds of timed-out Raft calls at once.
 const PENDING_RESET_STREAMS_MAX: usize = 4096;
 
 /// Accepts connections on `listener` with Nagle's algorithm off. tonic
@@ -147,11 +147,11 @@ const IDENTITY_FILE: &str = "node-identity";
 /// was recorded, carried one command per entry.
 const LOG_FORMAT: u32 = 2;
 
-/// Refuses to start on data written by another node id, with another
-/// shard count or in another log format: ids hash to shards by the count,
-/// so a changed count hides existing conversations, a borrowed directory
-/// would vote as another node, and an old log would not decode. Records
-/// all three on the first start.
+/// Rejects data written by another node id, with another shard count or
+/// in another log format, and records all three on the first start. Ids
+/// hash to shards by the count, so a changed count hides existing
+/// conversations. A borrowed directory would vote as another node, and an
+/// old log would not decode.
 fn check_data_identity(config: &NodeConfig) -> Result<()> {
     let path = config.data_dir.join(IDENTITY_FILE);
     let identity = format!(

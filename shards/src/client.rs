@@ -107,10 +107,11 @@ impl LeaderCache {
     }
 }
 
-/// Whether a failed call may succeed if tried again. RESOURCE_EXHAUSTED
-/// counts only when the connection itself failed: h2 closes a connection
-/// with ENHANCE_YOUR_CALM, which tonic reports with that code, when a peer
-/// resets many streams at once, as clients do when a partition heals.
+/// Returns whether a failed call may succeed if tried again.
+/// RESOURCE_EXHAUSTED counts only when the connection itself failed. h2
+/// closes a connection with ENHANCE_YOUR_CALM when a peer resets many
+/// streams at once, as clients do when a partition heals, and tonic reports
+/// that with this code.
 pub fn is_transient(status: &tonic::Status) -> bool {
     let connection_failed = std::error::Error::source(status).is_some();
     match status.code() {

@@ -478,3 +478,48 @@ fn row(
         p99_ratio,
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::stats::Recorder;
+
+    fn summary(successes: u64, errors: u64) -> Summary {
+        let mut recorder = Recorder::new();
+        for _ in 0..successes {
+            recorder.record(Duration::from_millis(1));
+        }
+        for _ in 0..errors {
+            recorder.record_error();
+        }
+        recorder.summary(Duration::from_secs(1))
+    }
+
+    fn results_with(closed: Summary) -> BTreeMap<System, SystemResults> {
+        let mut system_results = SystemResults::default();
+        system_results.closed.insert(10, closed);
+        BTreeMap::from([(System::Etcd, system_results)])
+    }
+
+    #[test]
+    fn write_check_passes_clean_runs() {
+        assert!(check_every_write_succeeded(&results_with(summary(5, 0))).is_ok());
+    }
+
+    #[test]
+    fn write_check_fails_on_errors() {
+        let error = check_every_write_succeeded(&results_with(summary(5, 1)))
+            .expect_err("a failed write fails the scenario")
+            .to_string();
+        assert!(error.contains("etcd at 10 senders"), "{error}");
+        assert!(error.contains("1 writes failed"), "{error}");
+    }
+
+    #[test]
+    fn write_check_fails_when_nothing_succeeded() {
+        let result = check_every_write_succeeded(&results_with(summary(0, 0)));
+        assert!(result.is_err());
+    }
+}

@@ -77,7 +77,6 @@ async fn measure(context: &Context, cluster: &ParleyCluster) -> Result<Section> 
     }
     drain.abort();
     bar.finish_and_clear();
-    drain.abort();
 
     let summary = recorder.summary(Duration::from_secs(1));
     let mut table = Table::new(&["samples", "p50", "p99", "p99.9", "max"]);
