@@ -1,11 +1,11 @@
 //! The stream of committed commands of one shard replica.
 //!
 //! Every command of every applied normal entry is kept in a bounded ring
-//! and broadcast to live subscribers, so a gateway can follow a shard from
-//! any feed position the ring still contains and resume after a reconnect
-//! without a gap. A subscriber that asks for a position older than the
-//! ring, or whose replica installed a snapshot (which skips entries), must
-//! reload the shard's state and resubscribe.
+//! and broadcast to live subscribers. A gateway can therefore follow a
+//! shard from any feed position the ring still contains, and resume after
+//! a reconnect without a gap. A subscriber that requests a position older
+//! than the ring, or whose replica installed a snapshot (which skips
+//! entries), must reload the shard's state and resubscribe.
 //!
 //! A log entry carries a batch of commands, so the feed numbers commands by
 //! position: the log index shifted left by `FEED_ITEM_BITS`, plus the
