@@ -38,11 +38,13 @@ impl Default for RaftTiming {
             // openraft 0.9 lets a follower that heard from its leader
             // campaign only after the leader lease (election_timeout_ms_max)
             // plus its own election timeout, checked on a tick of 1.5
-            // heartbeats: 600 to 875 ms with these values. That bounds how
+            // heartbeats: 450 to 675 ms with these values. That bounds how
             // long a shard goes without a leader after its leader dies.
+            // Shorter ranges round to fewer distinct tick counts, so split
+            // votes get likelier; elections.rs breaks them.
             heartbeat_interval_ms: 50,
-            election_timeout_ms_min: 200,
-            election_timeout_ms_max: 400,
+            election_timeout_ms_min: 150,
+            election_timeout_ms_max: 300,
             snapshot_after_entries: 5_000,
             entries_kept_after_snapshot: 1_000,
             append_entries_max: 64,

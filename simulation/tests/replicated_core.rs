@@ -262,3 +262,62 @@ fn lagging_replica_catches_up_by_installing_a_snapshot() {
         );
     }
 }
+
+/// Simulated time two replicas started together get to agree on a new
+/// leader of every shard. Without split-vote breaking they can tie forever.
+const TWO_REPLICA_ELECTION_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Starts all three nodes together, lets them elect, stops node 3 (which
+/// bootstraps and so usually leads some shards), and returns the shards
+/// that nodes 1 and 2 still do not agree on a leader for
+/// `TWO_REPLICA_ELECTION_DEADLINE` later. Their election ticks are in
+/// phase, because they started at the same instant.
+async fn two_replica_election_scenario() -> Vec<u32> {
+    let cluster = SimCluster::start(&SimClusterOptions::default());
+    madsim::time::sleep(ELECTION_GRACE).await;
+    cluster.crash(3, usize::MAX);
+    madsim::time::sleep(TWO_REPLICA_ELECTION_DEADLINE).await;
+
+    let client = cluster.cluster_client();
+    let shard_count = cluster.shard_count();
+    cluster
+        .client_node("client", 1)
+        .spawn(async move {
+            let mut leaders: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+            for index in 0..2 {
+                let status = client.status(index, false).await.expect("status");
+                for shard in status.shards {
+                    leaders
+                        .entry(shard.shard_id)
+                        .or_default()
+                        .push(shard.leader_id);
+                }
+            }
+            (0..shard_count)
+                .filter(|shard| {
+                    let seen = leaders.get(shard).cloned().unwrap_or_default();
+                    seen.len() != 2 || seen[0] == 0 || seen[0] != seen[1]
+                })
+                .collect()
+        })
+        .await
+        .expect("status task")
+}
+
+#[test]
+fn two_replicas_started_together_elect_every_leader() {
+    // Among these seeds are ties that outlasted the deadline when each
+    // paused replica went back to waiting for its election tick.
+    for seed in seeds_to_run(&(1..=8).collect::<Vec<_>>()) {
+        let leaderless = run_seed(
+            seed,
+            "two_replicas_started_together_elect_every_leader",
+            two_replica_election_scenario,
+        );
+        assert!(
+            leaderless.is_empty(),
+            "seed {seed}: shards {leaderless:?} have no leader both live replicas agree on \
+             {TWO_REPLICA_ELECTION_DEADLINE:?} after start"
+        );
+    }
+}
