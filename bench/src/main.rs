@@ -86,8 +86,10 @@ async fn run(cli: Cli) -> Result<bool> {
     };
     let open_files = parley_bench::process::raise_open_file_limit(OPEN_FILES_TARGET)?;
     tracing::info!(open_files, "open-file limit");
+    check_docs_folder(settings.write_docs.as_deref())?;
     let binaries = Binaries::find(&common)?;
-    if !settings.peers_optional {
+    // Only the appends scenario runs the peers.
+    if !settings.peers_optional && settings.scenarios.contains(&Scenario::Appends) {
         for system in &settings.systems {
             if let Err(reason) = binaries.of(*system) {
                 anyhow::bail!("{reason}");
@@ -127,6 +129,27 @@ async fn run(cli: Cli) -> Result<bool> {
 
 /// Returns the Parley build under test: the git commit of the working
 /// directory (with `-dirty` for uncommitted changes) and the binary path.
+/// Fails before any server starts when the results could not be written
+/// at the end.
+fn check_docs_folder(path: Option<&std::path::Path>) -> Result<()> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => std::path::Path::new("."),
+    };
+    if !folder.is_dir() {
+        anyhow::bail!(
+            "--write-docs {}: folder {} does not exist; create it or pass a path in an \
+             existing folder",
+            path.display(),
+            folder.display()
+        );
+    }
+    Ok(())
+}
+
 fn parley_version(binary: &std::path::Path) -> String {
     let commit = std::process::Command::new("git")
         .args(["describe", "--always", "--dirty"])

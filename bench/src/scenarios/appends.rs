@@ -407,22 +407,30 @@ fn section(
                     let baseline = parley
                         .and_then(|parley| parley.open.get(senders))
                         .and_then(|outcome| outcome.as_ref().ok());
-                    table.push(row(*system, &label, *senders, summary, baseline));
+                    let mut cells = row(*system, &label, *senders, summary, baseline);
+                    // Every system gets the same offered rate, so only the
+                    // latency ratio is informative.
+                    cells[OPS_RATIO_COLUMN].clear();
+                    table.push(cells);
                 }
                 Err(reason) => notes.push(format!(
-                    "{} open loop at {senders} senders skipped: {reason}",
-                    system.name()
+                    "{} open loop at {} skipped: {reason}",
+                    system.name(),
+                    plural(*senders, "sender")
                 )),
             }
         }
         if let Some((senders, peak)) = system_results.peak() {
             notes.push(format!(
-                "{} peaks at {senders} senders: {} ops/s",
+                "{} peaks at {}: {} ops/s, p99 {}",
                 system.name(),
-                format_rate(peak.throughput)
+                plural(senders, "sender"),
+                format_rate(peak.throughput),
+                format_latency(peak.p99)
             ));
         }
     }
+    notes.extend(peak_ratios(results));
     notes.insert(
         0,
         format!(
@@ -447,6 +455,39 @@ fn section(
         title: "Replicated appends".to_string(),
         table,
         notes,
+    }
+}
+
+/// Index of the Parley/peer throughput ratio in a `row`.
+const OPS_RATIO_COLUMN: usize = 9;
+
+/// Compares each peer's closed-loop peak with Parley's, wherever on the
+/// sender sweep each of them peaked.
+fn peak_ratios(results: &BTreeMap<System, SystemResults>) -> Vec<String> {
+    let Some((_, parley)) = results.get(&System::Parley).and_then(SystemResults::peak) else {
+        return Vec::new();
+    };
+    results
+        .iter()
+        .filter(|(system, _)| **system != System::Parley)
+        .filter_map(|(system, system_results)| {
+            let (_, peak) = system_results.peak()?;
+            Some(format!(
+                "peak against peak, parley/{name}: {} ops/s, {} p99",
+                format_ratio(parley.throughput, peak.throughput),
+                format_ratio(parley.p99.as_secs_f64(), peak.p99.as_secs_f64()),
+                name = system.name()
+            ))
+        })
+        .collect()
+}
+
+/// Returns "1 sender" or "N senders".
+fn plural(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
     }
 }
 
@@ -521,5 +562,27 @@ mod tests {
     fn write_check_fails_when_nothing_succeeded() {
         let result = check_every_write_succeeded(&results_with(summary(0, 0)));
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn peak_ratios_compare_each_systems_own_peak() {
+        let mut parley = SystemResults::default();
+        parley.closed.insert(10, summary(300, 0));
+        parley.closed.insert(100, summary(900, 0));
+        let mut etcd = SystemResults::default();
+        etcd.closed.insert(10, summary(450, 0));
+        etcd.closed.insert(100, summary(200, 0));
+        let results = BTreeMap::from([(System::Parley, parley), (System::Etcd, etcd)]);
+
+        let notes = peak_ratios(&results);
+
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("parley/etcd: 2.00x ops/s"), "{notes:?}");
+    }
+
+    #[test]
+    fn plural_counts_one_and_many() {
+        assert_eq!(plural(1, "sender"), "1 sender");
+        assert_eq!(plural(1000, "sender"), "1000 senders");
     }
 }
