@@ -14,9 +14,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
 
+    // A message body is shared, not copied, by every device it fans out to.
+    let shared_bytes = [".parley.v1.Message.body"];
     tonic_build::configure()
         .file_descriptor_set_path(&descriptor_path)
         .skip_protoc_run()
+        .bytes(shared_bytes)
         .compile_protos(&[proto], &["../proto"])?;
 
     // madsim-tonic-build 0.6 has no codec option, so the real stubs are
@@ -25,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(&descriptor_path)
         .skip_protoc_run()
         .codec_path("crate::codec::SmallBufferCodec")
+        .bytes(shared_bytes[0])
         .compile_protos(&[proto], &["../proto"])?;
     Ok(())
 }

@@ -113,7 +113,7 @@ impl Ephemeral {
             event: Some(Event::Presence(self.presence(hub, user))),
         });
         let outgoing = Outgoing {
-            conversation_id: String::new(),
+            conversation_id: Arc::from(""),
             seq: 0,
             event,
         };
@@ -138,7 +138,7 @@ fn publish_typing(
         expires_in_ms: if typing { ttl.as_millis() as u32 } else { 0 },
     };
     let outgoing = Outgoing {
-        conversation_id: conversation_id.to_string(),
+        conversation_id: Arc::from(conversation_id),
         seq: 0,
         event: Arc::new(ServerEvent {
             event: Some(Event::Typing(event)),

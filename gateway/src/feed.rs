@@ -132,11 +132,11 @@ fn fan_out(gateway: &Gateway, kind: &Kind, outcome: &Outcome, change: Option<Mem
                 sender_user_id: append.sender_user.clone(),
                 sender_device_id: append.sender_device.clone(),
                 client_message_id: append.client_message_id.clone(),
-                body: append.body.clone(),
+                body: append.body.clone().into(),
                 server_time_ms: appended.server_time_ms,
             };
             let outgoing = Outgoing {
-                conversation_id: append.conversation_id.clone(),
+                conversation_id: Arc::from(append.conversation_id.as_str()),
                 seq: appended.seq,
                 event: Arc::new(ServerEvent {
                     event: Some(Event::Message(message)),
@@ -178,7 +178,7 @@ fn publish_receipt(gateway: &Gateway, receipt: ReceiptEvent) {
         .map_or(0, |entry| entry.members.len());
     let user = receipt.user_id.clone();
     let outgoing = Outgoing {
-        conversation_id: receipt.conversation_id.clone(),
+        conversation_id: Arc::from(receipt.conversation_id.as_str()),
         seq: 0,
         event: Arc::new(ServerEvent {
             event: Some(Event::Receipt(receipt)),
@@ -200,7 +200,7 @@ fn publish_membership(gateway: &Gateway, change: MembershipChange) {
         removed: change.removed.clone(),
     };
     let outgoing = Outgoing {
-        conversation_id: change.conversation_id.clone(),
+        conversation_id: Arc::from(change.conversation_id.as_str()),
         seq: 0,
         event: Arc::new(ServerEvent {
             event: Some(Event::Membership(event)),

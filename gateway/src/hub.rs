@@ -24,7 +24,8 @@ pub type SessionId = u64;
 /// One event on its way to a session.
 #[derive(Clone, Debug)]
 pub struct Outgoing {
-    pub conversation_id: String,
+    /// Shared, because every session of the conversation gets a copy.
+    pub conversation_id: Arc<str>,
     /// The message seq for message events, 0 for every other event.
     pub seq: u64,
     pub event: Arc<ServerEvent>,
@@ -188,7 +189,7 @@ impl Hub {
     /// which `include` returns true.
     pub fn publish(&self, outgoing: &Outgoing, include: impl Fn(&SessionHandle) -> bool) {
         let state = self.read();
-        let Some(sessions) = state.by_conversation.get(&outgoing.conversation_id) else {
+        let Some(sessions) = state.by_conversation.get(&*outgoing.conversation_id) else {
             return;
         };
         for session in sessions.values().filter(|session| include(session)) {

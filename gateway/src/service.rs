@@ -72,7 +72,7 @@ fn to_message(conversation_id: &str, stored: StoredMessage) -> Message {
         sender_user_id: stored.sender_user,
         sender_device_id: stored.sender_device,
         client_message_id: stored.client_message_id,
-        body: stored.body,
+        body: stored.body.into(),
         server_time_ms: stored.server_time_ms,
     }
 }

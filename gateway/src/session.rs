@@ -229,7 +229,7 @@ impl Session {
                     sender_user_id: stored.sender_user,
                     sender_device_id: stored.sender_device,
                     client_message_id: stored.client_message_id,
-                    body: stored.body,
+                    body: stored.body.into(),
                     server_time_ms: stored.server_time_ms,
                 };
                 self.send(Event::Message(message)).await?;
@@ -262,7 +262,7 @@ impl Session {
             return self.send_shared(&outgoing.event).await;
         }
 
-        let Some(cursor) = self.cursors.get(&outgoing.conversation_id).copied() else {
+        let Some(cursor) = self.cursors.get(&*outgoing.conversation_id).copied() else {
             return Ok(());
         };
         if outgoing.seq <= cursor {
@@ -273,7 +273,13 @@ impl Session {
                 .await?;
         }
         self.send_shared(&outgoing.event).await?;
-        self.cursors.insert(outgoing.conversation_id, outgoing.seq);
+        match self.cursors.get_mut(&*outgoing.conversation_id) {
+            Some(cursor) => *cursor = outgoing.seq,
+            None => {
+                self.cursors
+                    .insert(outgoing.conversation_id.to_string(), outgoing.seq);
+            }
+        }
         Ok(())
     }
 

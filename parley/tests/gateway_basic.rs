@@ -112,7 +112,7 @@ async fn direct_message_reaches_peer_session() {
     match event.event {
         Some(Event::Message(message)) => {
             assert_eq!(message.seq, 1);
-            assert_eq!(message.body, b"hello bob");
+            assert_eq!(message.body.as_ref(), b"hello bob");
             assert_eq!(message.sender_user_id, "alice");
         }
         other => panic!("expected a message, got {other:?}"),

@@ -143,7 +143,7 @@ mod tests {
             sender_user_id: "alice".into(),
             sender_device_id: "phone".into(),
             client_message_id: "c1".into(),
-            body: body.to_vec(),
+            body: body.to_vec().into(),
             server_time_ms: 1_700_000_000_123,
         }
     }

@@ -54,7 +54,7 @@ fn message(seq: u64) -> Message {
         sender_user_id: "alice".into(),
         sender_device_id: "phone".into(),
         client_message_id: format!("m{seq}"),
-        body: format!("text {seq}").into_bytes(),
+        body: format!("text {seq}").into_bytes().into(),
         server_time_ms: 1_700_000_000_000 + seq,
     }
 }
