@@ -2,9 +2,10 @@
 //!
 //! The fields that a gateway matches against its commit stream carry
 //! commit feed positions (`parley_raft::feed_position`), not Raft log
-//! indexes: `ProposeReply.log_index`, `ConversationsReply.applied_index`,
-//! `SubscribeRequest.from_index` and `CommittedEntry.log_index`. A log
-//! entry carries a batch of commands, and a position names one of them.
+//! indexes: `ProposeReply.log_index` (also inside `ProposeBatchReply`),
+//! `ConversationsReply.applied_index`, `SubscribeRequest.from_index` and
+//! `CommittedEntry.log_index`. A log entry carries a batch of commands,
+//! and a position names one of them.
 //! History and status replies carry Raft log indexes.
 
 use std::sync::Arc;
@@ -15,8 +16,8 @@ use parley_raft::FeedItem;
 
 use crate::proto::{
     CommittedEntry, ConversationsReply, ConversationsRequest, HistoryReply, HistoryRequest,
-    ProposeReply, ProposeRequest, SetClockOffsetReply, SetClockOffsetRequest, StatusReply,
-    StatusRequest, SubscribeRequest,
+    ProposeBatchReply, ProposeBatchRequest, ProposeReply, ProposeRequest, SetClockOffsetReply,
+    SetClockOffsetRequest, StatusReply, StatusRequest, SubscribeRequest,
 };
 
 /// The tonic service type that serves `NodeApiService`; madsim's generated
@@ -106,6 +107,14 @@ impl NodeApi for NodeApiService {
         request: tonic::Request<ProposeRequest>,
     ) -> Result<tonic::Response<ProposeReply>, tonic::Status> {
         let reply = self.host.propose(request.into_inner()).await?;
+        Ok(tonic::Response::new(reply))
+    }
+
+    async fn propose_batch(
+        &self,
+        request: tonic::Request<ProposeBatchRequest>,
+    ) -> Result<tonic::Response<ProposeBatchReply>, tonic::Status> {
+        let reply = self.host.propose_batch(request.into_inner()).await?;
         Ok(tonic::Response::new(reply))
     }
 

@@ -6,6 +6,8 @@
 //! them to the shard leader when this node does not lead), and serves reads
 //! either linearizably (ReadIndex at the leader) or from the local replica
 //! once it has applied a given index.
+//!
+//! `propose_batch` (the `ProposeBatch` call) lives in `host/propose_batch.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -33,6 +35,10 @@ use crate::proto::{
 };
 use crate::settings::ClusterSettings;
 use crate::shard_map::ShardMap;
+
+mod propose_batch;
+
+pub use propose_batch::PROPOSE_BATCH_COMMANDS_MAX;
 
 /// A request is forwarded at most this many times before failing.
 const FORWARD_HOPS_MAX: u32 = 2;
@@ -229,27 +235,7 @@ impl NodeHost {
         match outcome {
             BatchOutcome::Committed {
                 result, position, ..
-            } => {
-                let result = CommandResult::decode(result.as_slice()).map_err(|error| {
-                    ShardsError::Fatal {
-                        shard,
-                        message: format!("applied result does not decode: {error}"),
-                    }
-                })?;
-                // The reply carries the command's feed position, which a
-                // gateway compares with the positions of its commit stream.
-                Ok(ProposeReply {
-                    result: Some(result),
-                    shard_id: shard,
-                    log_index: position,
-                    leader_address: self
-                        .map
-                        .address_of(self.node_id)
-                        .unwrap_or_default()
-                        .to_string(),
-                    shard_count: self.map.shard_count(),
-                })
-            }
+            } => self.committed_reply(shard, &result, position),
             BatchOutcome::ForwardToLeader {
                 leader: Some(leader),
             } if leader != self.node_id => self.forward_propose(leader, request).await,
@@ -257,6 +243,32 @@ impl NodeHost {
             BatchOutcome::TimedOut => Err(timed_out()),
             BatchOutcome::Fatal { message } => Err(ShardsError::Fatal { shard, message }),
         }
+    }
+
+    /// Builds the reply for a command this node committed as leader.
+    fn committed_reply(
+        &self,
+        shard: ShardId,
+        result: &[u8],
+        position: u64,
+    ) -> Result<ProposeReply, ShardsError> {
+        let result = CommandResult::decode(result).map_err(|error| ShardsError::Fatal {
+            shard,
+            message: format!("applied result does not decode: {error}"),
+        })?;
+        // The reply carries the command's feed position, which a gateway
+        // compares with the positions of its commit stream.
+        Ok(ProposeReply {
+            result: Some(result),
+            shard_id: shard,
+            log_index: position,
+            leader_address: self
+                .map
+                .address_of(self.node_id)
+                .unwrap_or_default()
+                .to_string(),
+            shard_count: self.map.shard_count(),
+        })
     }
 
     async fn forward_propose(
