@@ -6,7 +6,9 @@
 //!   with its original seq;
 //! - a batch that mixes shards, an empty batch and a batch above the
 //!   limit, which return INVALID_ARGUMENT naming the values;
-//! - a batch sent to a follower, which the follower forwards to the leader.
+//! - a batch sent to a follower, which the follower forwards to the leader;
+//! - concurrent proposals through `ClusterClient`, which share batches and
+//!   commit gap-free.
 //!
 //! Each test starts its own cluster. Batches are sent to one node
 //! directly, so the gRPC code in the test is the code that node returned.
@@ -431,4 +433,37 @@ async fn batch_sent_to_follower_is_forwarded() {
         return;
     }
     panic!("shard {shard} changed leader during each of 3 attempts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_client_proposals_commit_gap_free() {
+    let cluster = TestCluster::start().await;
+    let ids = message_ids("concurrent", 300);
+
+    let proposals = ids.iter().map(|id| {
+        let client = cluster.client.clone();
+        let command = append_by_alice(GROUP, id);
+        async move { client.propose(command, PROPOSE_DEADLINE).await }
+    });
+    let replies = futures::future::join_all(proposals).await;
+
+    let mut seqs = Vec::new();
+    for (id, reply) in ids.iter().zip(replies) {
+        let reply = reply.unwrap_or_else(|error| panic!("{id} failed: {error:#}"));
+        let appended = appended(id, &reply);
+        assert!(!appended.duplicate, "{id} is new");
+        seqs.push(appended.seq);
+    }
+    seqs.sort_unstable();
+    let expected: Vec<u64> = (1..=ids.len() as u64).collect();
+    assert_eq!(
+        seqs, expected,
+        "every proposal got its own seq, with no gap"
+    );
+    let (messages, _) = cluster
+        .client
+        .history_linearizable(GROUP, ALICE, PROPOSE_DEADLINE)
+        .await
+        .unwrap_or_else(|error| panic!("reading {GROUP} failed: {error:#}"));
+    assert_eq!(messages.len(), ids.len());
 }

@@ -3,16 +3,21 @@
 //! Proposals are retried, unchanged, on every error that may be transient
 //! (no leader, timeout, node down), so an append retried after an ambiguous
 //! failure commits once: its client message id makes it idempotent.
+//! `coalescer` groups concurrent proposals of a shard into `ProposeBatch`
+//! calls and runs the retry loop. This module owns the connections, the
+//! leader cache and the reads.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::coalescer::{CoalescerLimits, NodeCalls, Proposer};
 use crate::proto::node_api_client::NodeApiClient;
 use crate::proto::{
-    Consistency, HistoryReply, HistoryRequest, ProposeReply, ProposeRequest, StatusReply,
-    StatusRequest,
+    Consistency, HistoryReply, HistoryRequest, ProposeBatchReply, ProposeBatchRequest,
+    ProposeReply, ProposeRequest, StatusReply, StatusRequest,
 };
 use parley_core::proto::{Command, HistoryQuery, StoredMessage};
+use parley_raft::ShardId;
 
 use crate::shard_map::{routing_id, shard_of_id};
 use tonic::transport::{Channel, Endpoint};
@@ -60,29 +65,77 @@ type Result<T> = std::result::Result<T, ClientError>;
 pub struct ClusterClient {
     addresses: Vec<String>,
     clients: Vec<NodeApiClient<Channel>>,
-    leaders: Arc<Mutex<LeaderCache>>,
+    proposer: Arc<Proposer<NodeClients>>,
+}
+
+/// The node API clients that proposals go through, one per node.
+pub(crate) struct NodeClients {
+    clients: Vec<NodeApiClient<Channel>>,
+}
+
+impl NodeCalls for NodeClients {
+    fn node_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    async fn propose(
+        &self,
+        node: usize,
+        request: ProposeRequest,
+    ) -> std::result::Result<ProposeReply, tonic::Status> {
+        let mut client = self.clients[node].clone();
+        match tokio::time::timeout(CALL_TIMEOUT, client.propose(request)).await {
+            Ok(reply) => reply.map(tonic::Response::into_inner),
+            Err(_) => Err(no_reply_status()),
+        }
+    }
+
+    async fn propose_batch(
+        &self,
+        node: usize,
+        request: ProposeBatchRequest,
+    ) -> std::result::Result<ProposeBatchReply, tonic::Status> {
+        let mut client = self.clients[node].clone();
+        match tokio::time::timeout(CALL_TIMEOUT, client.propose_batch(request)).await {
+            Ok(reply) => reply.map(tonic::Response::into_inner),
+            Err(_) => Err(no_reply_status()),
+        }
+    }
+}
+
+fn no_reply_status() -> tonic::Status {
+    tonic::Status::deadline_exceeded(format!("no reply within {} ms", CALL_TIMEOUT.as_millis()))
 }
 
 /// The node each shard's last proposal was committed by, learned from
 /// `ProposeReply`, so the next proposal skips the forwarding hop. A stale
 /// entry costs one forward, as if there were no cache.
 #[derive(Default)]
-struct LeaderCache {
+pub(crate) struct LeaderCache {
     shard_count: u32,
     /// Index into `ClusterClient::addresses` per shard.
     leader_index: Vec<Option<usize>>,
 }
 
 impl LeaderCache {
-    fn leader_of(&self, command: &Command) -> Option<usize> {
+    /// Returns the shard of `command`, once a reply has carried the shard
+    /// count.
+    pub(crate) fn shard_of(&self, command: &Command) -> Option<ShardId> {
         if self.shard_count == 0 {
             return None;
         }
-        let shard = shard_of_id(routing_id(command)?, self.shard_count);
+        Some(shard_of_id(routing_id(command)?, self.shard_count))
+    }
+
+    pub(crate) fn leader_of(&self, command: &Command) -> Option<usize> {
+        self.leader_of_shard(self.shard_of(command)?)
+    }
+
+    pub(crate) fn leader_of_shard(&self, shard: ShardId) -> Option<usize> {
         self.leader_index.get(shard as usize).copied().flatten()
     }
 
-    fn learn(&mut self, reply: &ProposeReply, addresses: &[String]) {
+    pub(crate) fn learn(&mut self, reply: &ProposeReply, addresses: &[String]) {
         if reply.shard_count == 0 || reply.shard_id >= reply.shard_count {
             return;
         }
@@ -96,13 +149,15 @@ impl LeaderCache {
         self.leader_index[reply.shard_id as usize] = leader;
     }
 
-    fn forget(&mut self, command: &Command) {
-        if self.shard_count == 0 {
-            return;
+    pub(crate) fn forget(&mut self, command: &Command) {
+        if let Some(shard) = self.shard_of(command) {
+            self.forget_shard(shard);
         }
-        if let Some(id) = routing_id(command) {
-            let shard = shard_of_id(id, self.shard_count);
-            self.leader_index[shard as usize] = None;
+    }
+
+    pub(crate) fn forget_shard(&mut self, shard: ShardId) {
+        if let Some(leader) = self.leader_index.get_mut(shard as usize) {
+            *leader = None;
         }
     }
 }
@@ -146,19 +201,15 @@ impl ClusterClient {
                 .max_encoding_message_size(MESSAGE_BYTES_MAX);
             clients.push(client);
         }
+        let node_clients = NodeClients {
+            clients: clients.clone(),
+        };
+        let proposer = Proposer::new(node_clients, addresses.to_vec(), CoalescerLimits::default());
         Ok(ClusterClient {
             addresses: addresses.to_vec(),
             clients,
-            leaders: Arc::default(),
+            proposer: Arc::new(proposer),
         })
-    }
-
-    fn lock_leaders(&self) -> std::sync::MutexGuard<'_, LeaderCache> {
-        // The cache holds only routing hints, so one left by a panicking
-        // holder is still safe to use.
-        self.leaders
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn addresses(&self) -> &[String] {
@@ -172,46 +223,10 @@ impl ClusterClient {
 
     /// Proposes `command` to its shard's last known leader, else to the
     /// nodes in turn, retrying transient failures on the next node until
-    /// `deadline` has passed.
+    /// `deadline` has passed. Concurrent proposals of one shard share
+    /// `ProposeBatch` calls (see `coalescer`).
     pub async fn propose(&self, command: Command, deadline: Duration) -> Result<ProposeReply> {
-        let started = tokio::time::Instant::now();
-        let first = self.lock_leaders().leader_of(&command).unwrap_or(0);
-        let mut attempt = 0usize;
-        loop {
-            let index = (first + attempt) % self.clients.len();
-            let mut client = self.clients[index].clone();
-            let request = ProposeRequest {
-                command: Some(command.clone()),
-                hops: 0,
-            };
-            let outcome = tokio::time::timeout(CALL_TIMEOUT, client.propose(request)).await;
-            let status = match outcome {
-                Ok(Ok(reply)) => {
-                    let reply = reply.into_inner();
-                    self.lock_leaders().learn(&reply, &self.addresses);
-                    return Ok(reply);
-                }
-                Ok(Err(status)) if !is_transient(&status) => {
-                    return Err(ClientError::Rejected {
-                        node: self.addresses[index].clone(),
-                        status,
-                    })
-                }
-                Ok(Err(status)) => status.to_string(),
-                Err(_) => format!("no reply within {} ms", CALL_TIMEOUT.as_millis()),
-            };
-            self.lock_leaders().forget(&command);
-            if started.elapsed() > deadline {
-                return Err(ClientError::GaveUp {
-                    node: self.addresses[index].clone(),
-                    elapsed_ms: started.elapsed().as_millis() as u64,
-                    message: status,
-                });
-            }
-            tracing::debug!(node = %self.addresses[index], attempt, error = %status, "retrying proposal");
-            attempt += 1;
-            tokio::time::sleep(Duration::from_millis(50.min(10 * attempt as u64))).await;
-        }
+        self.proposer.propose(command, deadline).await
     }
 
     /// Reads one page from the node at `node_index`.

@@ -8,11 +8,14 @@
 //! - `batcher`: groups a replica's concurrent proposals into log entries.
 //! - `api`: the node API gRPC service.
 //! - `client`: a node API client that retries across nodes.
+//! - `coalescer`: the client's per-shard batching of proposals into
+//!   `ProposeBatch` calls, and its retry loop.
 
 pub mod api;
 pub mod batcher;
 pub mod client;
 pub mod clock;
+mod coalescer;
 mod elections;
 pub mod error;
 pub mod host;
