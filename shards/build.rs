@@ -18,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(&descriptor_path)
         .skip_protoc_run()
         .extern_path(".parley.core.v1", "::parley_core::proto")
+        // The commit feed's buffers go to every subscriber without a copy.
+        .bytes([".parley.node.v1.CommittedEntry"])
         .compile_protos(&[proto], &["../proto"])?;
     Ok(())
 }

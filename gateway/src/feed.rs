@@ -102,11 +102,11 @@ async fn follow_once(
 
 /// Applies one committed entry to the directory and fans it out.
 fn dispatch(gateway: &Gateway, shard: u32, entry: &CommittedEntry) {
-    let decoded = Command::decode(entry.command.as_slice())
+    let decoded = Command::decode(entry.command.as_ref())
         .ok()
         .and_then(|command| command.kind)
         .zip(
-            CommandResult::decode(entry.result.as_slice())
+            CommandResult::decode(entry.result.as_ref())
                 .ok()
                 .and_then(|result| result.outcome),
         );

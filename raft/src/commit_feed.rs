@@ -15,6 +15,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use prost::bytes::Bytes;
 use tokio::sync::broadcast;
 
 /// Bits of a feed position that number the commands of one log entry.
@@ -44,10 +45,11 @@ pub fn feed_position_end(log_index: u64) -> u64 {
 pub struct CommittedEntry {
     /// Feed position: see `feed_position`.
     pub position: u64,
-    /// Encoded `parley_core::proto::Command`.
-    pub command: Vec<u8>,
+    /// Encoded `parley_core::proto::Command`, shared with every subscriber
+    /// rather than copied.
+    pub command: Bytes,
     /// Encoded `parley_core::proto::CommandResult`.
-    pub result: Vec<u8>,
+    pub result: Bytes,
 }
 
 /// An item delivered to live subscribers.
@@ -175,8 +177,8 @@ mod tests {
     fn entry(log_index: u64, item: usize) -> CommittedEntry {
         CommittedEntry {
             position: feed_position(log_index, item),
-            command: Vec::new(),
-            result: Vec::new(),
+            command: Bytes::new(),
+            result: Bytes::new(),
         }
     }
 

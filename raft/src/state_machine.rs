@@ -288,8 +288,8 @@ fn apply_entry(applied: &mut Applied, entry: Entry, feed: &CommitFeed) -> Respon
                 let result = prost::Message::encode_to_vec(&applied.state.apply_encoded(&command));
                 feed.push(CommittedEntry {
                     position: feed_position(entry.log_id.index, item),
-                    command: command.into_vec(),
-                    result: result.clone(),
+                    command: command.into_vec().into(),
+                    result: result.clone().into(),
                 });
                 results.push(serde_bytes::ByteBuf::from(result));
             }
