@@ -236,13 +236,60 @@ fn rpc_error<E: std::error::Error>(error: TransportError) -> RPCError<NodeId, Ba
     }
 }
 
+/// Command bytes one AppendEntries call carries at most, unless its first
+/// entry alone is larger. openraft 0.9 gives every AppendEntries one
+/// heartbeat interval to complete, counts entries but not bytes, and sends
+/// a lagging follower the same range again after a timeout. Without a byte
+/// budget, a run of large entries could never reach that follower.
+const APPEND_ENTRIES_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+/// Returns how many leading entries fit in `APPEND_ENTRIES_BYTES_MAX`, and
+/// at least one.
+fn entries_within_budget(entries: &[crate::types::Entry]) -> usize {
+    let mut bytes = 0;
+    for (count, entry) in entries.iter().enumerate() {
+        if let openraft::EntryPayload::Normal(request) = &entry.payload {
+            bytes += request
+                .commands
+                .iter()
+                .map(|command| command.len())
+                .sum::<usize>();
+        }
+        if count > 0 && bytes > APPEND_ENTRIES_BYTES_MAX {
+            return count;
+        }
+    }
+    entries.len()
+}
+
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.unary(RaftCallKind::AppendEntries, &rpc, &option).await
+        let fitting = entries_within_budget(&rpc.entries);
+        if fitting == rpc.entries.len() {
+            return self.unary(RaftCallKind::AppendEntries, &rpc, &option).await;
+        }
+
+        // Send a prefix; a follower that accepts it matches through its last
+        // entry, and openraft sends the rest from there.
+        rpc.entries.truncate(fitting);
+        let last_sent = rpc.entries.last().map(|entry| entry.log_id);
+        tracing::debug!(
+            shard = self.shard,
+            target = self.target,
+            entries = fitting,
+            "AppendEntries split by size"
+        );
+        let response = self
+            .unary(RaftCallKind::AppendEntries, &rpc, &option)
+            .await?;
+        Ok(match response {
+            AppendEntriesResponse::Success => AppendEntriesResponse::PartialSuccess(last_sent),
+            other => other,
+        })
     }
 
     async fn vote(
@@ -404,5 +451,43 @@ impl RaftTransport for TransportService {
 
         let payload = self.dispatch(raft, kind, &call.payload).await?;
         Ok(tonic::Response::new(RaftReply { payload }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    use super::*;
+    use crate::types::{ByteBuf, Entry, Request};
+
+    fn entry(index: u64, command_bytes: usize) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request {
+                commands: vec![ByteBuf::from(vec![0u8; command_bytes])],
+            }),
+        }
+    }
+
+    #[test]
+    fn small_entries_all_fit() {
+        let entries: Vec<Entry> = (1..=64).map(|index| entry(index, 1024)).collect();
+
+        assert_eq!(entries_within_budget(&entries), 64);
+    }
+
+    #[test]
+    fn large_entries_stop_at_the_budget() {
+        let entries: Vec<Entry> = (1..=8).map(|index| entry(index, 700 * 1024)).collect();
+
+        assert_eq!(entries_within_budget(&entries), 2);
+    }
+
+    #[test]
+    fn oversized_first_entry_still_goes_alone() {
+        let entries = vec![entry(1, 3 * APPEND_ENTRIES_BYTES_MAX), entry(2, 10)];
+
+        assert_eq!(entries_within_budget(&entries), 1);
     }
 }
