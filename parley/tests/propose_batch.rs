@@ -23,7 +23,7 @@ use parley_core::proto::command_result::Outcome;
 use parley_core::proto::{Append, Appended, Command, CreateGroup};
 use parley_core::COMMAND_VERSION;
 use parley_shards::client::ClusterClient;
-use parley_shards::host::PROPOSE_BATCH_COMMANDS_MAX;
+use parley_shards::host::{PROPOSE_BATCH_BYTES_MAX, PROPOSE_BATCH_COMMANDS_MAX};
 use parley_shards::proto::node_api_client::NodeApiClient;
 use parley_shards::proto::{propose_outcome, ProposeBatchReply, ProposeBatchRequest, ProposeReply};
 use parley_shards::shard_map::shard_of_id;
@@ -383,6 +383,44 @@ async fn oversized_batch_is_invalid_argument() {
     assert!(
         messages.is_empty(),
         "no command of a rejected batch commits"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_above_byte_limit_is_invalid_argument() {
+    let cluster = TestCluster::start().await;
+    // Valid commands: each body is at the 64 KiB limit, but 256 of them
+    // would make one 16 MiB log entry.
+    let ids = message_ids("heavy", PROPOSE_BATCH_COMMANDS_MAX);
+    let commands = ids
+        .iter()
+        .map(|id| {
+            let mut command = append_by_alice(GROUP, id);
+            if let Some(Kind::Append(append)) = command.kind.as_mut() {
+                append.body = vec![b'x'; 65_536];
+            }
+            command
+        })
+        .collect();
+
+    let status = cluster
+        .batch_error_on(0, "batch above the byte limit", commands)
+        .await;
+
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let message = status.message();
+    assert!(
+        message.contains(&format!("limit of {PROPOSE_BATCH_BYTES_MAX}")),
+        "{message}"
+    );
+    let ids = message_ids("after-heavy", 3);
+    let reply = cluster
+        .propose_batch_on(0, appends(&ids))
+        .await
+        .unwrap_or_else(|status| panic!("the batch after the rejected one failed: {status:?}"));
+    assert_eq!(
+        committed_replies("batch after the rejected one", reply).len(),
+        3
     );
 }
 

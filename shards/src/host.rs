@@ -38,7 +38,7 @@ use crate::shard_map::ShardMap;
 
 mod propose_batch;
 
-pub use propose_batch::PROPOSE_BATCH_COMMANDS_MAX;
+pub use propose_batch::{COMMAND_BYTES_MAX, PROPOSE_BATCH_BYTES_MAX, PROPOSE_BATCH_COMMANDS_MAX};
 
 /// A request is forwarded at most this many times before failing.
 const FORWARD_HOPS_MAX: u32 = 2;
@@ -212,6 +212,7 @@ impl NodeHost {
                 "ProposeRequest.command.kind is missing; set one of the command kinds".into(),
             )
         })?;
+        propose_batch::check_command_size("ProposeRequest.command", &command)?;
         let Some(replica) = self.replicas.get(&shard) else {
             let target = self.map.replicas_of(shard)[0];
             return self.forward_propose(target, request).await;

@@ -3,8 +3,8 @@
 //! they share one log entry. A node that does not lead the shard forwards
 //! the whole batch.
 //!
-//! The call itself fails only for a malformed request, with
-//! INVALID_ARGUMENT. Every other failure comes back per command as a
+//! Apart from transport errors, the call fails only for a malformed
+//! request, with INVALID_ARGUMENT. Every other failure comes back per command as a
 //! `ProposeError`, so a caller retries exactly the commands that need it.
 
 use parley_core::proto::command::Kind;
@@ -23,10 +23,34 @@ use crate::proto::{
 /// default `commands_max`, so a full batch fills one log entry.
 pub const PROPOSE_BATCH_COMMANDS_MAX: usize = 256;
 
+/// Maximum encoded bytes of the commands of one `ProposeBatch` request.
+/// The batcher never splits a proposal, so this bounds the log entry it
+/// becomes. It leaves room for a client batch that stops growing at 1 MiB
+/// and then takes one more command of up to `COMMAND_BYTES_MAX`.
+pub const PROPOSE_BATCH_BYTES_MAX: usize = 2 * COMMAND_BYTES_MAX;
+
+/// Maximum encoded bytes of one proposed command; the largest valid one
+/// (a 64 KiB body, or 1,000 member ids) is far smaller.
+pub const COMMAND_BYTES_MAX: usize = 1024 * 1024;
+
+/// Rejects a command above `COMMAND_BYTES_MAX`. Such a command could only
+/// fail when applied, but its log entry would already be replicated.
+pub(crate) fn check_command_size(field: &str, command: &Command) -> Result<(), ShardsError> {
+    let bytes = command.encoded_len();
+    if bytes > COMMAND_BYTES_MAX {
+        return Err(ShardsError::InvalidRequest(format!(
+            "{field} encodes to {bytes} bytes, above the limit of {COMMAND_BYTES_MAX}; send a \
+             smaller command (message bodies are limited far below this)"
+        )));
+    }
+    Ok(())
+}
+
 impl NodeHost {
     /// Replicates the commands of one shard as one proposal and returns one
     /// outcome per command, in request order. Fails only when the request
-    /// is malformed: empty, above `PROPOSE_BATCH_COMMANDS_MAX`, a command
+    /// is malformed: empty, above `PROPOSE_BATCH_COMMANDS_MAX` or
+    /// `PROPOSE_BATCH_BYTES_MAX`, a command above `COMMAND_BYTES_MAX` or
     /// without a kind, or commands of different shards.
     pub async fn propose_batch(
         &self,
@@ -66,6 +90,18 @@ impl NodeHost {
                  {PROPOSE_BATCH_COMMANDS_MAX}; split them into batches of at most \
                  {PROPOSE_BATCH_COMMANDS_MAX}",
                 commands.len()
+            )));
+        }
+
+        let mut bytes = 0;
+        for (index, command) in commands.iter().enumerate() {
+            check_command_size(&format!("ProposeBatchRequest.commands[{index}]"), command)?;
+            bytes += command.encoded_len();
+        }
+        if bytes > PROPOSE_BATCH_BYTES_MAX {
+            return Err(ShardsError::InvalidRequest(format!(
+                "ProposeBatchRequest.commands encode to {bytes} bytes, above the limit of \
+                 {PROPOSE_BATCH_BYTES_MAX}; split them into smaller batches"
             )));
         }
 
