@@ -185,7 +185,21 @@ impl<T: NodeCalls> Proposer<T> {
         };
 
         let node_count = self.nodes.node_count();
-        let first_node = match self.enqueue(shard, command.clone()).await {
+        // The deadline covers the wait for room and for the shard's calls.
+        let Ok(delivery) =
+            tokio::time::timeout(deadline, self.enqueue(shard, command.clone())).await
+        else {
+            let leader = lock(&self.leaders).leader_of(&command).unwrap_or(0);
+            return Err(ClientError::GaveUp {
+                node: self.addresses[leader].clone(),
+                elapsed_ms: started.elapsed().as_millis() as u64,
+                message: format!(
+                    "shard {shard}'s batched proposals got no outcome within the deadline; \
+                     the command may still commit, so retry it unchanged"
+                ),
+            });
+        };
+        let first_node = match delivery {
             Some(Delivery::Committed(reply)) => return Ok(reply),
             Some(Delivery::CommandFailed { node, status }) if !is_transient(&status) => {
                 return Err(ClientError::Rejected {
