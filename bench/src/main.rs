@@ -127,8 +127,6 @@ async fn run(cli: Cli) -> Result<bool> {
     Ok(report.failures.is_empty())
 }
 
-/// Returns the Parley build under test: the git commit of the working
-/// directory (with `-dirty` for uncommitted changes) and the binary path.
 /// Fails before any server starts when the results could not be written
 /// at the end.
 fn check_docs_folder(path: Option<&std::path::Path>) -> Result<()> {
@@ -139,6 +137,13 @@ fn check_docs_folder(path: Option<&std::path::Path>) -> Result<()> {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => std::path::Path::new("."),
     };
+    if path.is_dir() {
+        anyhow::bail!(
+            "--write-docs {} is a folder; pass a file path such as {}",
+            path.display(),
+            path.join("benchmarks.md").display()
+        );
+    }
     if !folder.is_dir() {
         anyhow::bail!(
             "--write-docs {}: folder {} does not exist; create it or pass a path in an \
@@ -150,6 +155,8 @@ fn check_docs_folder(path: Option<&std::path::Path>) -> Result<()> {
     Ok(())
 }
 
+/// Returns the Parley build under test: the git commit of the working
+/// directory (with `-dirty` for uncommitted changes) and the binary path.
 fn parley_version(binary: &std::path::Path) -> String {
     let commit = std::process::Command::new("git")
         .args(["describe", "--always", "--dirty"])
