@@ -4,7 +4,7 @@
 //! replica starts, and checks it on a tick of 1.5 heartbeat intervals.
 //! Replicas whose timeouts round to the same number of ticks, and whose
 //! ticks are in phase (nodes started or restarted together), time out in
-//! the same tick of every round. Each votes for itself, each refuses the
+//! the same tick of every round. Each votes for itself, each rejects the
 //! other, and the shard stays without a leader for as long as that lasts:
 //! with two of three replicas up, indefinitely.
 //!
