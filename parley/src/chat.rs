@@ -17,12 +17,12 @@ mod profile;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 
 use client::Gateway;
 use listen::{ListenLimits, Listener};
-use profile::{linked_name, profile_path, Profile};
+use profile::{check_id_argument, linked_name, profile_path, Profile};
 
 /// `parley chat` flags and subcommand.
 #[derive(Args, Debug)]
@@ -281,6 +281,8 @@ fn command_identity(command: &ChatCommand) -> &Identity {
 }
 
 async fn register(gateway: &Gateway, profiles: &Profiles, user: &str, device: &str) -> Result<()> {
+    check_id_argument("USER", user)?;
+    check_id_argument("--device", device)?;
     let path = profiles.path(user)?;
     let profile = commands::register(gateway, user, device).await?;
     profile.save(&path)?;
@@ -298,9 +300,20 @@ async fn link(
     identity: &Identity,
     device: &str,
 ) -> Result<()> {
+    check_id_argument("--device", device)?;
     let (profile, _) = profiles.load(identity)?;
     let new_name = linked_name(&profile.user_id, device);
     let new_path = profile_path(None, &profiles.directory, &new_name)?;
+    // The profile stores the device's cursors; replacing it would make the
+    // next listen print every message again.
+    if new_path.exists() {
+        bail!(
+            "device {device:?} of {} is already linked: its profile is {}; act as it with \
+             --as {new_name}, or delete that file first to link it again",
+            profile.user_id,
+            new_path.display()
+        );
+    }
     let client = gateway.authed(&profile.token)?;
     let linked = commands::link(gateway, client, device).await?;
     linked.save(&new_path)?;

@@ -2,6 +2,7 @@
 //! deployment (`dev`), chat through a gateway, inspect a cluster, run a
 //! smoke workload against it.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -144,6 +145,7 @@ fn main() {
                 .unwrap_or_else(|_| "info,openraft=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     if matches!(
@@ -253,11 +255,13 @@ async fn status(args: StatusArgs) -> Result<()> {
         "{:>5} {:>5} {:<10} {:>6} {:>5} {:>9} {:>9} {:>9}  replicas",
         "node", "shard", "role", "leader", "term", "last_log", "applied", "snapshot"
     );
+    let mut unreachable = Vec::new();
     for (index, address) in args.nodes.iter().enumerate() {
         let reply = match client.status(index, args.digests).await {
             Ok(reply) => reply,
             Err(error) => {
-                println!("{address}: unreachable: {error:#}");
+                println!("{error}");
+                unreachable.push(address.as_str());
                 continue;
             }
         };
@@ -281,12 +285,21 @@ async fn status(args: StatusArgs) -> Result<()> {
             );
         }
     }
+
+    if !unreachable.is_empty() {
+        bail!(
+            "{} of {} nodes did not answer: {}; check that they run and that the addresses are right",
+            unreachable.len(),
+            args.nodes.len(),
+            unreachable.join(", ")
+        );
+    }
     Ok(())
 }
 
 async fn run_smoke(args: SmokeArgs) -> Result<()> {
-    if args.conversations == 0 || args.appends == 0 {
-        bail!("--appends and --conversations must be at least 1");
+    if args.conversations == 0 || args.appends == 0 || args.concurrency == 0 {
+        bail!("--appends, --conversations and --concurrency must each be at least 1");
     }
     let client = ClusterClient::new(&args.nodes)?;
     let run_id = format!("smoke{}", std::process::id());

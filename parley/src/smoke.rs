@@ -92,6 +92,12 @@ pub async fn create_conversations(client: &ClusterClient, options: &SmokeOptions
             Some(Outcome::ConversationCreated(_)) => {}
             Some(Outcome::Rejected(rejection))
                 if rejection.code == RejectionCode::ConversationExists as i32 => {}
+            Some(Outcome::Rejected(rejection)) => {
+                bail!(
+                    "creating conversation {index} was rejected: {}",
+                    rejection.message
+                )
+            }
             other => bail!("creating conversation {index} returned {other:?}"),
         }
     }
@@ -163,6 +169,11 @@ async fn append_one(client: &ClusterClient, options: &SmokeOptions, index: usize
             log_index,
             latency: Duration::ZERO,
         }),
+        Some(Outcome::Rejected(rejection)) => bail!(
+            "append {index} to {} was rejected: {}",
+            append.conversation_id,
+            rejection.message
+        ),
         other => bail!("append {index} returned {other:?}"),
     }
 }

@@ -37,6 +37,11 @@ pub enum ClientError {
     #[error("node address {address:?} is invalid ({message}); write it as HOST:PORT")]
     InvalidAddress { address: String, message: String },
 
+    #[error(
+        "node {node} is unreachable ({message}); check that it runs and listens on that address"
+    )]
+    Unreachable { node: String, message: String },
+
     #[error("node {node} rejected the request: {status}")]
     Rejected { node: String, status: tonic::Status },
 
@@ -325,6 +330,12 @@ impl ClusterClient {
         let node = self.addresses[node_index].clone();
         match tokio::time::timeout(CALL_TIMEOUT, client.status(request)).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                Err(ClientError::Unreachable {
+                    node,
+                    message: status.message().to_owned(),
+                })
+            }
             Ok(Err(status)) => Err(ClientError::Rejected { node, status }),
             Err(_) => Err(ClientError::GaveUp {
                 node,

@@ -15,7 +15,8 @@ use anyhow::{anyhow, bail, Result};
 use parley_gateway::proto::client_event;
 use parley_gateway::proto::server_event::Event;
 use parley_gateway::proto::{
-    ClientEvent, DeliveredAck, GapFillRequest, Message, SessionOpen, TypingUpdate,
+    ClientEvent, Cursor, DeliveredAck, GapFillRequest, Message, ServerEvent, SessionOpen,
+    TypingUpdate,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -286,7 +287,20 @@ pub async fn send_typing(
     let ready = tokio::time::timeout(CALL_TIMEOUT, wait_ready(&mut stream)).await;
     let not_ready = || Status::deadline_exceeded("the session was not ready in time");
     let ready = ready.unwrap_or_else(|_| Err(not_ready()));
-    ready.map_err(|status| gateway.error(status))?;
+    let conversations = ready.map_err(|status| gateway.error(status))?;
+
+    // The gateway drops typing updates for conversations that are not the
+    // user's without a reply, so check here to report the mistake.
+    let is_member = conversations
+        .iter()
+        .any(|cursor| cursor.conversation_id == conversation_id);
+    if !is_member {
+        close_session(sender, stream).await;
+        bail!(
+            "conversation {conversation_id:?} is not among yours; list them with \
+             `parley chat conversations`"
+        );
+    }
 
     let update = client_event::Event::Typing(TypingUpdate {
         conversation_id: conversation_id.to_string(),
@@ -325,10 +339,12 @@ async fn open_session(
 
 async fn wait_ready(
     stream: &mut Streaming<parley_gateway::proto::ServerEvent>,
-) -> Result<(), Status> {
+) -> Result<Vec<Cursor>, Status> {
     loop {
         match stream.message().await? {
-            Some(event) if matches!(event.event, Some(Event::Ready(_))) => return Ok(()),
+            Some(ServerEvent {
+                event: Some(Event::Ready(ready)),
+            }) => return Ok(ready.conversations),
             Some(_) => {}
             None => return Err(Status::unavailable("the gateway ended the session")),
         }

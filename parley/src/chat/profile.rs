@@ -152,21 +152,35 @@ fn check_as_name(as_name: &str) -> Result<()> {
         Some((user, device)) => (user, Some(device)),
         None => (as_name, None),
     };
-    let valid = |part: &str| {
-        !part.is_empty()
-            && part.bytes().all(|byte| {
-                byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b':')
-            })
-            && part != "."
-            && part != ".."
-    };
-    if valid(user) && device.is_none_or(valid) {
+    if is_valid_id(user) && device.is_none_or(is_valid_id) {
         return Ok(());
     }
     bail!(
         "--as {as_name:?} is invalid; write USER or USER@DEVICE, where ids are ASCII letters, \
          digits, '-', '_', '.' or ':'"
     )
+}
+
+/// Checks a user or device id given on its own, naming `argument` (such as
+/// `USER` or `--device`) in the error.
+pub fn check_id_argument(argument: &str, value: &str) -> Result<()> {
+    if is_valid_id(value) {
+        return Ok(());
+    }
+    bail!(
+        "{argument} {value:?} is invalid; use 1 or more ASCII letters, digits, '-', '_', '.' \
+         or ':' (not \".\" or \"..\")"
+    )
+}
+
+/// Returns whether `part` can name a user or device in a profile file name.
+fn is_valid_id(part: &str) -> bool {
+    !part.is_empty()
+        && part
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b':'))
+        && part != "."
+        && part != ".."
 }
 
 fn create_command(as_name: &str) -> String {
@@ -292,6 +306,20 @@ mod tests {
         for name in ["../alice", "a/b", "", "..", "alice@", "@phone", "a@b@c"] {
             let result = profile_path(None, Path::new("d"), name);
             assert!(result.is_err(), "{name:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn id_argument_error_names_the_argument() {
+        assert!(check_id_argument("--device", "laptop").is_ok());
+        for value in ["", ".", "..", "a/b", "a@b", "ü"] {
+            let error = check_id_argument("--device", value)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.starts_with(&format!("--device {value:?} is invalid")),
+                "{error}"
+            );
         }
     }
 }
