@@ -223,7 +223,7 @@ pub fn raise_open_file_limit(target: u64) -> Result<u64> {
         target,
         hard_limit = limit.rlim_max,
         "could not raise the open-file hard limit, so the bench and its servers are capped \
-         at hard_limit files (a loopback TCP connection takes one on each side); raise \
+         at the hard_limit field's number of files (a loopback TCP connection takes one on each side); raise \
          `ulimit -Hn` as root to open more connections"
     );
     Ok(limit.rlim_max)

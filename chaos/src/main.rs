@@ -162,6 +162,12 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
     if args.duration_secs == 0 {
         bail!("--duration-secs is 0; give at least 1 second of faults and traffic");
     }
+    if args.liveness_secs == 0 {
+        bail!(
+            "--liveness-secs is 0; give delivery at least 1 second after healing, \
+             for example the default 60"
+        );
+    }
     if args.users < 2 {
         bail!(
             "--users is {}; use at least 2, so conversations exist",

@@ -22,6 +22,7 @@ pub async fn serve(
         .map_err(|error| GatewayError::Listen {
             address: config.listen.clone(),
             message: error.to_string(),
+            advice: listen_advice(error.kind()),
         })?;
     let gateway = startup::start(config).await?;
 
@@ -74,4 +75,31 @@ pub async fn serve(
     gateway.delivered.flush(&gateway.cluster).await;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Returns what to change after binding the client API address failed.
+fn listen_advice(kind: std::io::ErrorKind) -> &'static str {
+    match kind {
+        std::io::ErrorKind::AddrInUse => "another process uses the port; pick a free port",
+        std::io::ErrorKind::PermissionDenied => {
+            "pick a port above 1023 or run with the right to bind it"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "the IP is not one of this machine's; use 127.0.0.1 or 0.0.0.0"
+        }
+        _ => "write the address as IP:PORT, for example 127.0.0.1:7100",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_advice_depends_on_the_failure() {
+        let in_use = listen_advice(std::io::ErrorKind::AddrInUse);
+        assert!(in_use.contains("pick a free port"), "{in_use}");
+        let unparsed = listen_advice(std::io::ErrorKind::InvalidInput);
+        assert!(unparsed.contains("IP:PORT"), "{unparsed}");
+    }
 }
