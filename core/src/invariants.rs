@@ -56,11 +56,12 @@ impl ShardState {
             ),
             Kind::MarkDelivered(command) => {
                 let conversation = self.touched_conversation(&command.conversation_id)?;
+                let key = (command.user_id.clone(), command.device_id.clone());
                 validate_watermark(
                     &command.conversation_id,
                     "delivered",
-                    &command.device_id,
-                    conversation.delivered.get(&command.device_id).copied(),
+                    &device_owner(&command.user_id, &command.device_id),
+                    conversation.delivered.get(&key).copied(),
                     conversation,
                 )
             }
@@ -69,7 +70,7 @@ impl ShardState {
                 validate_watermark(
                     &command.conversation_id,
                     "read",
-                    &command.user_id,
+                    &quote(&command.user_id),
                     conversation.read.get(&command.user_id).copied(),
                     conversation,
                 )
@@ -176,19 +177,26 @@ fn validate_conversation(
 
     validate_dedup_windows(conversation_id, conversation, limits)?;
 
-    for (device_id, seq) in &conversation.delivered {
+    for ((user_id, device_id), seq) in &conversation.delivered {
+        validate_id("user id", user_id, limits)?;
         validate_id("device id", device_id, limits)?;
         validate_watermark(
             conversation_id,
             "delivered",
-            device_id,
+            &device_owner(user_id, device_id),
             Some(*seq),
             conversation,
         )?;
     }
     for (user_id, seq) in &conversation.read {
         validate_id("user id", user_id, limits)?;
-        validate_watermark(conversation_id, "read", user_id, Some(*seq), conversation)?;
+        validate_watermark(
+            conversation_id,
+            "read",
+            &quote(user_id),
+            Some(*seq),
+            conversation,
+        )?;
     }
 
     Ok(())
@@ -360,11 +368,12 @@ fn validate_window_entries(
 }
 
 /// Checks that a stored watermark lies in 1..=last_seq. `None` (not stored)
-/// always passes.
+/// always passes. `owner` names the user, or the user and device, already
+/// quoted for the error message.
 fn validate_watermark(
     conversation_id: &str,
     watermark_kind: &str,
-    id: &str,
+    owner: &str,
     seq: Option<u64>,
     conversation: &Conversation,
 ) -> Result<(), CoreError> {
@@ -375,13 +384,18 @@ fn validate_watermark(
     let last_seq = conversation.last_seq();
     if seq == 0 || seq > last_seq {
         return Err(CoreError::invariant(format!(
-            "conversation {} {watermark_kind} watermark of {} is {seq}, outside 1..={last_seq}",
-            quote(conversation_id),
-            quote(id)
+            "conversation {} {watermark_kind} watermark of {owner} is {seq}, outside \
+             1..={last_seq}",
+            quote(conversation_id)
         )));
     }
 
     Ok(())
+}
+
+/// Formats a device as `"user"/"device"` for error messages.
+fn device_owner(user_id: &str, device_id: &str) -> String {
+    format!("{}/{}", quote(user_id), quote(device_id))
 }
 
 fn validate_id(id_kind: &str, value: &str, limits: &Limits) -> Result<(), CoreError> {

@@ -1,14 +1,10 @@
-//! MarkDelivered and MarkRead: per-device delivered watermarks and per-user
-//! read watermarks.
+//! MarkDelivered and MarkRead: delivered watermarks per (user, device) and
+//! read watermarks per user.
 //!
 //! Invariants: a watermark never decreases and never exceeds the
-//! conversation's last seq. A watermark of 0 is not stored.
-//!
-//! NOTE: delivered watermarks are keyed by device id alone, as
-//! `ShardState::delivered_watermark` is. Two users whose devices share an id
-//! share one watermark, so the gateway must issue device ids that are unique
-//! across users. The conversation's shard cannot check this, because devices
-//! are registered on their user's shard.
+//! conversation's last seq. A watermark of 0 is not stored. Delivered
+//! watermarks are keyed by the user id as well as the device id, because
+//! device ids are unique only per user.
 
 use std::collections::BTreeMap;
 
@@ -44,7 +40,7 @@ impl ShardState {
         Ok(advance(
             &command.conversation_id,
             &mut conversation.delivered,
-            &command.device_id,
+            (command.user_id.clone(), command.device_id.clone()),
             command.seq,
         ))
     }
@@ -73,7 +69,7 @@ impl ShardState {
         Ok(advance(
             &command.conversation_id,
             &mut conversation.read,
-            &command.user_id,
+            command.user_id.clone(),
             command.seq,
         ))
     }
@@ -107,16 +103,16 @@ fn check_receipt(
 
 /// Moves the watermark of `key` forward to `seq`. A `seq` at or below the
 /// current watermark leaves it unchanged and returns `moved = false`.
-fn advance(
+fn advance<K: Ord>(
     conversation_id: &str,
-    watermarks: &mut BTreeMap<String, u64>,
-    key: &str,
+    watermarks: &mut BTreeMap<K, u64>,
+    key: K,
     seq: u64,
 ) -> Outcome {
-    let current = watermarks.get(key).copied().unwrap_or(0);
+    let current = watermarks.get(&key).copied().unwrap_or(0);
     let moved = seq > current;
     if moved {
-        watermarks.insert(key.to_owned(), seq);
+        watermarks.insert(key, seq);
     }
 
     Outcome::ReceiptAdvanced(ReceiptAdvanced {

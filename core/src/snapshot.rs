@@ -22,7 +22,11 @@ use crate::state::{Conversation, ConversationKind, ShardState};
 use crate::CoreError;
 
 /// The snapshot format version that this build writes and reads.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+///
+/// Version 2 stores the user id of every delivered watermark. Version 1
+/// keyed delivered watermarks by device id alone, which cannot be mapped to
+/// a user, so version 1 snapshots are rejected as unsupported.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 
 impl ShardState {
     /// Encodes the whole state, limits included. Equal states give equal
@@ -204,8 +208,8 @@ fn conversation_to_proto(
         members: conversation.members.iter().cloned().collect(),
         messages: conversation.messages.clone(),
         dedup_windows,
-        delivered: watermarks_to_proto(&conversation.delivered),
-        read: watermarks_to_proto(&conversation.read),
+        delivered: delivered_to_proto(&conversation.delivered),
+        read: read_to_proto(&conversation.read),
     }
 }
 
@@ -243,8 +247,8 @@ fn conversation_from_proto(conversation: SnapshotConversation) -> Result<Convers
         members: sorted_set("members", conversation.members)?,
         messages: conversation.messages,
         dedup_windows,
-        delivered: watermarks_from_proto("delivered", conversation.delivered)?,
-        read: watermarks_from_proto("read", conversation.read)?,
+        delivered: delivered_from_proto(&conversation_id, conversation.delivered)?,
+        read: read_from_proto(&conversation_id, conversation.read)?,
     })
 }
 
@@ -284,21 +288,78 @@ fn window_from_proto(
     Ok((window.sender_user, window.sender_device, dedup_window))
 }
 
-fn watermarks_to_proto(watermarks: &BTreeMap<String, u64>) -> Vec<SnapshotWatermark> {
+/// Encodes delivered watermarks sorted by (user_id, device id), the order
+/// of the map's keys.
+fn delivered_to_proto(watermarks: &BTreeMap<(String, String), u64>) -> Vec<SnapshotWatermark> {
     watermarks
         .iter()
-        .map(|(id, seq)| SnapshotWatermark {
-            id: id.clone(),
+        .map(|((user_id, device_id), seq)| SnapshotWatermark {
+            id: device_id.clone(),
             seq: *seq,
+            user_id: user_id.clone(),
         })
         .collect()
 }
 
-fn watermarks_from_proto(
-    field: &str,
+fn read_to_proto(watermarks: &BTreeMap<String, u64>) -> Vec<SnapshotWatermark> {
+    watermarks
+        .iter()
+        .map(|(user_id, seq)| SnapshotWatermark {
+            id: user_id.clone(),
+            seq: *seq,
+            user_id: String::new(),
+        })
+        .collect()
+}
+
+/// Decodes delivered watermarks. Rejects an entry without a user id, because
+/// device ids are unique only per user.
+fn delivered_from_proto(
+    conversation_id: &str,
+    watermarks: Vec<SnapshotWatermark>,
+) -> Result<BTreeMap<(String, String), u64>, CoreError> {
+    let missing_user = watermarks
+        .iter()
+        .position(|watermark| watermark.user_id.is_empty());
+    if let Some(index) = missing_user {
+        return Err(CoreError::corrupt(format!(
+            "conversation {conversation_id} delivered[{index}].user_id is \"\" for device \
+             id {}; every delivered watermark must name the user that owns the device",
+            quote(&watermarks[index].id)
+        )));
+    }
+
+    check_ascending(
+        "delivered",
+        watermarks
+            .iter()
+            .map(|watermark| (&watermark.user_id, &watermark.id)),
+    )?;
+
+    Ok(watermarks
+        .into_iter()
+        .map(|watermark| ((watermark.user_id, watermark.id), watermark.seq))
+        .collect())
+}
+
+/// Decodes read watermarks. Rejects an entry with a user id, because a read
+/// watermark stores its user in `id`.
+fn read_from_proto(
+    conversation_id: &str,
     watermarks: Vec<SnapshotWatermark>,
 ) -> Result<BTreeMap<String, u64>, CoreError> {
-    check_ascending(field, watermarks.iter().map(|watermark| &watermark.id))?;
+    let extra_user = watermarks
+        .iter()
+        .position(|watermark| !watermark.user_id.is_empty());
+    if let Some(index) = extra_user {
+        return Err(CoreError::corrupt(format!(
+            "conversation {conversation_id} read[{index}].user_id is {}, but read watermarks \
+             store their user in id and leave user_id empty",
+            quote(&watermarks[index].user_id)
+        )));
+    }
+
+    check_ascending("read", watermarks.iter().map(|watermark| &watermark.id))?;
 
     Ok(watermarks
         .into_iter()

@@ -47,8 +47,9 @@ pub(crate) struct Conversation {
     pub(crate) messages: Vec<StoredMessage>,
     /// Dedup windows by sender user, then by sender device.
     pub(crate) dedup_windows: BTreeMap<String, BTreeMap<String, DedupWindow>>,
-    /// Delivered watermarks by device id. A missing entry means 0.
-    pub(crate) delivered: BTreeMap<String, u64>,
+    /// Delivered watermarks by (user id, device id), because device ids are
+    /// unique only per user. A missing entry means 0.
+    pub(crate) delivered: BTreeMap<(String, String), u64>,
     /// Read watermarks by user id. A missing entry means 0.
     pub(crate) read: BTreeMap<String, u64>,
 }
@@ -228,12 +229,19 @@ impl ShardState {
         Some(conversation.members.iter().cloned().collect())
     }
 
-    /// Returns the delivered watermark of a device, or 0 when the device has
-    /// none or the conversation does not exist.
-    pub fn delivered_watermark(&self, conversation_id: &str, device_id: &str) -> u64 {
+    /// Returns the delivered watermark of device `device_id` of user
+    /// `user_id`, or 0 when the device has none or the conversation does not
+    /// exist.
+    pub fn delivered_watermark(
+        &self,
+        conversation_id: &str,
+        user_id: &str,
+        device_id: &str,
+    ) -> u64 {
+        let key = (user_id.to_owned(), device_id.to_owned());
         self.conversations
             .get(conversation_id)
-            .and_then(|conversation| conversation.delivered.get(device_id))
+            .and_then(|conversation| conversation.delivered.get(&key))
             .copied()
             .unwrap_or(0)
     }

@@ -635,6 +635,19 @@ fn observed_receipt_going_backwards_is_reported() {
 }
 
 #[test]
+fn shared_device_id_receipts_stay_apart() {
+    let mut recorder = clean_recorder();
+    let (alice_cli, bob_cli) = (("alice", "cli"), ("bob", "cli"));
+
+    recorder.ack_receipt(DIRECT, ReceiptKind::Delivered, alice_cli, 4);
+    recorder.observe_receipt(BOB_LAPTOP, DIRECT, ReceiptKind::Delivered, alice_cli, 4);
+    recorder.ack_receipt(DIRECT, ReceiptKind::Delivered, bob_cli, 1);
+    recorder.observe_receipt(BOB_LAPTOP, DIRECT, ReceiptKind::Delivered, bob_cli, 1);
+
+    assert_eq!(check_all(&recorder.history), Vec::new());
+}
+
+#[test]
 fn acknowledged_watermark_going_backwards_is_reported() {
     let mut recorder = clean_recorder();
     recorder.ack_receipt(DIRECT, ReceiptKind::Read, BOB_LAPTOP, 3);

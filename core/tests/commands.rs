@@ -313,10 +313,44 @@ fn delivered_watermarks_are_per_device() {
     apply_ok(&mut state, &mark_delivered("dm", "bob", "bob-phone", 2));
     apply_ok(&mut state, &mark_delivered("dm", "bob", "bob-pc", 1));
 
-    assert_eq!(state.delivered_watermark("dm", "bob-phone"), 2);
-    assert_eq!(state.delivered_watermark("dm", "bob-pc"), 1);
-    assert_eq!(state.delivered_watermark("dm", "alice-phone"), 0);
+    assert_eq!(state.delivered_watermark("dm", "bob", "bob-phone"), 2);
+    assert_eq!(state.delivered_watermark("dm", "bob", "bob-pc"), 1);
+    assert_eq!(state.delivered_watermark("dm", "alice", "alice-phone"), 0);
     assert_eq!(state.read_watermark("dm", "bob"), 0);
+}
+
+#[test]
+fn delivered_watermarks_are_per_user_and_device() {
+    let mut state = populated_state();
+    for id in ["m1", "m2", "m3"] {
+        apply_ok(&mut state, &append("team", "alice", "cli", id, 1));
+    }
+
+    let alice = receipt(apply_ok(
+        &mut state,
+        &mark_delivered("team", "alice", "cli", 3),
+    ));
+    let bob = receipt(apply_ok(
+        &mut state,
+        &mark_delivered("team", "bob", "cli", 3),
+    ));
+    let carol = receipt(apply_ok(
+        &mut state,
+        &mark_delivered("team", "carol", "cli", 1),
+    ));
+
+    assert!(alice.moved);
+    assert!(
+        bob.moved,
+        "bob's ack moves bob's cli although alice's cli is at 3"
+    );
+    assert_eq!(bob.watermark, 3);
+    assert!(carol.moved);
+    assert_eq!(carol.watermark, 1);
+    assert_eq!(state.delivered_watermark("team", "alice", "cli"), 3);
+    assert_eq!(state.delivered_watermark("team", "bob", "cli"), 3);
+    assert_eq!(state.delivered_watermark("team", "carol", "cli"), 1);
+    assert_eq!(state.delivered_watermark("team", "dave", "cli"), 0);
 }
 
 #[test]

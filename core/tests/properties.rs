@@ -4,8 +4,10 @@
 //! ids, so retries, duplicate ids, non-members, out-of-range and backward
 //! receipts, full groups and wrong versions all occur often. Each log runs
 //! against small limits and is checked against a model of seqs, server
-//! times and dedup windows, and for determinism across replicas and
-//! snapshots.
+//! times, dedup windows and receipt watermarks, and for determinism across
+//! replicas and snapshots. Every user draws from the same device ids, so the
+//! logs also check that delivered watermarks of two users' devices with one
+//! id stay apart.
 
 mod common;
 
@@ -270,6 +272,30 @@ impl AppendModel {
     }
 }
 
+/// The expected receipt watermarks: delivered per (conversation, user,
+/// device) and read per (conversation, user). A missing entry means 0.
+#[derive(Default)]
+struct ReceiptModel {
+    delivered: BTreeMap<(String, String, String), u64>,
+    read: BTreeMap<(String, String), u64>,
+}
+
+impl ReceiptModel {
+    fn delivered(&mut self, mark: &MarkDelivered) -> &mut u64 {
+        let key = (
+            mark.conversation_id.clone(),
+            mark.user_id.clone(),
+            mark.device_id.clone(),
+        );
+        self.delivered.entry(key).or_insert(0)
+    }
+
+    fn read(&mut self, mark: &MarkRead) -> &mut u64 {
+        let key = (mark.conversation_id.clone(), mark.user_id.clone());
+        self.read.entry(key).or_insert(0)
+    }
+}
+
 fn window_key(append: &Append) -> (String, String, String) {
     (
         append.conversation_id.clone(),
@@ -336,13 +362,14 @@ fn check_append(
 }
 
 /// Checks a receipt result: rejections for unknown conversations,
-/// non-members and seqs beyond last_seq, otherwise max(previous, seq).
+/// non-members and seqs beyond last_seq, otherwise max(modeled, seq). Moves
+/// `modeled`, the model's watermark, when the receipt is accepted.
 fn check_receipt(
     before: &ShardState,
     conversation_id: &str,
     user_id: &str,
     seq: u64,
-    previous: u64,
+    modeled: &mut u64,
     result: &CommandResult,
 ) {
     let code = rejection_code(result);
@@ -359,10 +386,11 @@ fn check_receipt(
     } else {
         let expected = ReceiptAdvanced {
             conversation_id: conversation_id.to_owned(),
-            watermark: previous.max(seq),
-            moved: seq > previous,
+            watermark: (*modeled).max(seq),
+            moved: seq > *modeled,
         };
         assert_eq!(result.outcome, Some(Outcome::ReceiptAdvanced(expected)));
+        *modeled = (*modeled).max(seq);
     }
 }
 
@@ -373,6 +401,7 @@ fn check_result(
     command: &Command,
     result: &CommandResult,
     model: &mut AppendModel,
+    receipts: &mut ReceiptModel,
 ) {
     if command.version != parley_core::COMMAND_VERSION {
         assert_eq!(
@@ -400,7 +429,7 @@ fn check_result(
             &mark.conversation_id,
             &mark.user_id,
             mark.seq,
-            before.delivered_watermark(&mark.conversation_id, &mark.device_id),
+            receipts.delivered(mark),
             result,
         ),
         Some(Kind::MarkRead(mark)) => check_receipt(
@@ -408,7 +437,7 @@ fn check_result(
             &mark.conversation_id,
             &mark.user_id,
             mark.seq,
-            before.read_watermark(&mark.conversation_id, &mark.user_id),
+            receipts.read(mark),
             result,
         ),
         Some(_) => {}
@@ -419,18 +448,40 @@ fn mentions_invalid_id(kind: &Kind) -> bool {
     format!("{kind:?}").contains(INVALID_ID)
 }
 
-/// Collects every watermark the log can touch, keyed by (watermark kind,
-/// conversation, device or user id).
-fn watermarks(state: &ShardState) -> BTreeMap<(&'static str, &'static str, &'static str), u64> {
+/// A watermark the log can touch: (watermark kind, conversation, user,
+/// device). The device is empty for read watermarks.
+type WatermarkKey = (&'static str, &'static str, &'static str, &'static str);
+
+/// Collects every watermark the log can touch.
+fn watermarks(state: &ShardState) -> BTreeMap<WatermarkKey, u64> {
     let mut all = BTreeMap::new();
     for conversation_id in CONVERSATIONS {
-        for device_id in DEVICES {
-            let seq = state.delivered_watermark(conversation_id, device_id);
-            all.insert(("delivered", conversation_id, device_id), seq);
-        }
         for user_id in USERS {
+            for device_id in DEVICES {
+                let seq = state.delivered_watermark(conversation_id, user_id, device_id);
+                all.insert(("delivered", conversation_id, user_id, device_id), seq);
+            }
             let seq = state.read_watermark(conversation_id, user_id);
-            all.insert(("read", conversation_id, user_id), seq);
+            all.insert(("read", conversation_id, user_id, ""), seq);
+        }
+    }
+    all
+}
+
+/// Collects the watermarks that `receipts` expects, in the shape of
+/// [`watermarks`].
+fn modeled_watermarks(receipts: &ReceiptModel) -> BTreeMap<WatermarkKey, u64> {
+    let mut all = BTreeMap::new();
+    for conversation_id in CONVERSATIONS {
+        for user_id in USERS {
+            for device_id in DEVICES {
+                let key = (conversation_id.into(), user_id.into(), device_id.into());
+                let seq = receipts.delivered.get(&key).copied().unwrap_or(0);
+                all.insert(("delivered", conversation_id, user_id, device_id), seq);
+            }
+            let key = (conversation_id.into(), user_id.into());
+            let seq = receipts.read.get(&key).copied().unwrap_or(0);
+            all.insert(("read", conversation_id, user_id, ""), seq);
         }
     }
     all
@@ -440,7 +491,7 @@ fn watermarks(state: &ShardState) -> BTreeMap<(&'static str, &'static str, &'sta
 fn check_watermarks(before: &ShardState, after: &ShardState) {
     let previous = watermarks(before);
     for (key, seq) in watermarks(after) {
-        let (_, conversation_id, _) = key;
+        let (_, conversation_id, _, _) = key;
         let last_seq = after.last_seq(conversation_id).unwrap_or(0);
         assert!(
             seq >= previous[&key],
@@ -508,6 +559,7 @@ proptest! {
     fn random_log_matches_model(log in log_strategy()) {
         let mut state = ShardState::new(limits());
         let mut model = AppendModel::default();
+        let mut receipts = ReceiptModel::default();
 
         for command in &log {
             let before = state.clone();
@@ -516,11 +568,12 @@ proptest! {
             let result = state.apply(command);
 
             prop_assert_eq!(result.version, parley_core::COMMAND_VERSION);
-            check_result(&before, command, &result, &mut model);
+            check_result(&before, command, &result, &mut model, &mut receipts);
             if rejection_code(&result).is_some() {
                 prop_assert!(state.encode_snapshot() == before_bytes, "{:?} changed state", command);
             }
             check_watermarks(&before, &state);
+            prop_assert_eq!(watermarks(&state), modeled_watermarks(&receipts), "after {:?}", command);
             prop_assert_eq!(state.validate(), Ok(()));
         }
 

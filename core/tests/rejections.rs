@@ -376,7 +376,7 @@ fn receipt_beyond_last_seq_is_rejected() {
             &["last_seq 1", "\"dm\""],
         );
     }
-    assert_eq!(state.delivered_watermark("dm", "bob-phone"), 0);
+    assert_eq!(state.delivered_watermark("dm", "bob", "bob-phone"), 0);
     assert_eq!(state.read_watermark("dm", "bob"), 0);
 }
 

@@ -205,16 +205,115 @@ fn checksum_mismatch_is_corrupt() {
 fn other_format_version_is_unsupported() {
     let bytes = busy_state().encode_snapshot();
     let mut envelope = SnapshotEnvelope::decode(bytes.as_slice()).expect("the envelope decodes");
-    envelope.format_version = 2;
+    envelope.format_version = SNAPSHOT_FORMAT_VERSION + 1;
 
     let result = ShardState::decode_snapshot(&envelope.encode_to_vec());
 
     assert_eq!(
         result.err(),
         Some(CoreError::UnsupportedSnapshotFormat {
-            found: 2,
+            found: SNAPSHOT_FORMAT_VERSION + 1,
             supported: SNAPSHOT_FORMAT_VERSION,
         })
+    );
+}
+
+#[test]
+fn format_1_snapshot_is_unsupported() {
+    let bytes = busy_state().encode_snapshot();
+    let mut envelope = SnapshotEnvelope::decode(bytes.as_slice()).expect("the envelope decodes");
+    envelope.format_version = 1;
+
+    let result = ShardState::decode_snapshot(&envelope.encode_to_vec());
+
+    assert_eq!(
+        result.err(),
+        Some(CoreError::UnsupportedSnapshotFormat {
+            found: 1,
+            supported: SNAPSHOT_FORMAT_VERSION,
+        })
+    );
+}
+
+#[test]
+fn shared_device_id_round_trips() {
+    let mut state = busy_state();
+    apply_ok(&mut state, &mark_delivered("dm", "alice", "cli", 3));
+    apply_ok(&mut state, &mark_delivered("dm", "bob", "cli", 1));
+    let bytes = state.encode_snapshot();
+
+    let decoded = ShardState::decode_snapshot(&bytes).expect("the snapshot decodes");
+
+    assert_eq!(decoded, state);
+    assert!(decoded.encode_snapshot() == bytes);
+    assert_eq!(decoded.delivered_watermark("dm", "alice", "cli"), 3);
+    assert_eq!(decoded.delivered_watermark("dm", "bob", "cli"), 1);
+    assert_eq!(decoded.delivered_watermark("dm", "bob", "bob-phone"), 2);
+}
+
+#[test]
+fn delivered_entries_sort_by_user_first() {
+    let mut state = busy_state();
+    apply_ok(&mut state, &mark_delivered("dm", "bob", "cli", 1));
+    apply_ok(&mut state, &mark_delivered("dm", "alice", "cli", 3));
+    let mut snapshot = open(&state.encode_snapshot());
+
+    let entries: Vec<(&str, &str, u64)> = conversation(&mut snapshot, "dm")
+        .delivered
+        .iter()
+        .map(|entry| (entry.user_id.as_str(), entry.id.as_str(), entry.seq))
+        .collect();
+
+    assert_eq!(
+        entries,
+        [
+            ("alice", "cli", 3),
+            ("bob", "bob-phone", 2),
+            ("bob", "cli", 1)
+        ]
+    );
+}
+
+#[test]
+fn delivered_entry_without_user_is_rejected() {
+    let mut snapshot = open(&busy_state().encode_snapshot());
+    conversation(&mut snapshot, "dm").delivered[0].user_id = String::new();
+
+    let result = ShardState::decode_snapshot(&seal(&snapshot));
+
+    let Err(CoreError::CorruptSnapshot { detail }) = result else {
+        panic!("a delivered entry without a user id gave {result:?}");
+    };
+    assert!(detail.contains("delivered[0].user_id is \"\""), "{detail}");
+    assert!(detail.contains("\"bob-phone\""), "{detail}");
+}
+
+#[test]
+fn read_entry_with_user_is_rejected() {
+    let mut snapshot = open(&busy_state().encode_snapshot());
+    conversation(&mut snapshot, "dm").read[0].user_id = "bob".to_owned();
+
+    let message = decode_error(&seal(&snapshot));
+
+    assert!(message.contains("read[0].user_id is \"bob\""), "{message}");
+}
+
+#[test]
+fn delivered_order_by_device_is_rejected() {
+    let mut snapshot = open(&busy_state().encode_snapshot());
+    let delivered = &mut conversation(&mut snapshot, "dm").delivered;
+    delivered[0].id = "a-phone".to_owned();
+    delivered.push(SnapshotWatermark {
+        id: "b-phone".to_owned(),
+        seq: 1,
+        user_id: "alice".to_owned(),
+    });
+
+    let message = decode_error(&seal(&snapshot));
+
+    assert!(
+        message.contains("delivered are not in strictly ascending"),
+        "{message}"
     );
 }
 
@@ -267,13 +366,14 @@ fn zero_watermark_is_rejected() {
     conversation(&mut snapshot, "dm")
         .delivered
         .push(SnapshotWatermark {
-            id: "zz".to_owned(),
+            id: "cli".to_owned(),
             seq: 0,
+            user_id: "zz".to_owned(),
         });
 
     let message = decode_error(&seal(&snapshot));
 
-    assert!(message.contains("\"zz\" is 0"), "{message}");
+    assert!(message.contains("\"zz\"/\"cli\" is 0"), "{message}");
 }
 
 #[test]
