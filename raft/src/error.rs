@@ -22,6 +22,14 @@ pub enum EngineError {
          wipe it and let the replica catch up from its peers"
     )]
     Corrupt { location: String, message: String },
+
+    /// Every replica of a shard writes the same format, so no peer can repair
+    /// this as it can a corrupt record. Wiping the directory would lose data.
+    #[error(
+        "unreadable record at {location}: {message}; it was written by a parley build with \
+         another state format, so run the build that wrote it and do not wipe the directory"
+    )]
+    UnsupportedFormat { location: String, message: String },
 }
 
 impl EngineError {

@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use parley_core::{Limits, ShardState};
+use parley_core::{CoreError, Limits, ShardState};
 use serde::{Deserialize, Serialize};
 
 use crate::commit_feed::{feed_position, CommitFeed, CommittedEntry};
@@ -151,8 +151,16 @@ fn read_stored_snapshot(
 }
 
 fn decode_state(shard: ShardId, data: &[u8]) -> Result<ShardState, EngineError> {
-    ShardState::decode_snapshot(data)
-        .map_err(|error| EngineError::corrupt(format!("shard {shard} snapshot state"), error))
+    ShardState::decode_snapshot(data).map_err(|error| {
+        let location = format!("shard {shard} snapshot state");
+        match error {
+            CoreError::UnsupportedSnapshotFormat { .. } => EngineError::UnsupportedFormat {
+                location,
+                message: error.to_string(),
+            },
+            _ => EngineError::corrupt(location, error),
+        }
+    })
 }
 
 /// Builds snapshots from a replica's applied state.
@@ -299,5 +307,37 @@ fn apply_entry(applied: &mut Applied, entry: Entry, feed: &CommitFeed) -> Respon
             applied.membership = StoredMembership::new(Some(entry.log_id), membership);
             Response::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use parley_core::proto::SnapshotEnvelope;
+    use parley_core::SNAPSHOT_FORMAT_VERSION;
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn snapshot_of_other_format_is_not_corrupt() {
+        let bytes = ShardState::new(Limits::default()).encode_snapshot();
+        let mut envelope =
+            SnapshotEnvelope::decode(bytes.as_slice()).expect("the envelope decodes");
+        envelope.format_version = SNAPSHOT_FORMAT_VERSION + 1;
+
+        let error = decode_state(3, &envelope.encode_to_vec()).expect_err("format is rejected");
+
+        assert!(
+            matches!(error, EngineError::UnsupportedFormat { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("do not wipe"), "{error}");
+    }
+
+    #[test]
+    fn garbage_snapshot_is_corrupt() {
+        let error = decode_state(3, b"not a snapshot").expect_err("garbage is rejected");
+
+        assert!(matches!(error, EngineError::Corrupt { .. }), "{error}");
     }
 }

@@ -132,12 +132,22 @@ impl ClusterSettings {
     /// Returns a digest of every setting replicas must agree on.
     ///
     /// Node ids are covered but their addresses are not: each node may
-    /// reach a peer through its own address for it (a proxy, a NAT).
+    /// reach a peer through its own address for it (a proxy, a NAT). The
+    /// command and snapshot format versions are covered too, so nodes whose
+    /// builds apply commands or encode snapshots differently reject each
+    /// other's Raft calls.
     pub fn digest(&self) -> u64 {
         let node_ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         let canonical = format!(
-            "shards={};nodes={:?};limits={:?};raft={:?};message_bytes_max={}",
-            self.shard_count, node_ids, self.limits, self.raft, self.message_bytes_max
+            "shards={};nodes={:?};limits={:?};raft={:?};message_bytes_max={};\
+             command_version={};snapshot_format={}",
+            self.shard_count,
+            node_ids,
+            self.limits,
+            self.raft,
+            self.message_bytes_max,
+            parley_core::COMMAND_VERSION,
+            parley_core::SNAPSHOT_FORMAT_VERSION
         );
         let hash = Sha256::digest(canonical.as_bytes());
         let mut first = [0u8; 8];
