@@ -17,7 +17,7 @@ mod profile;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use client::Gateway;
@@ -281,8 +281,11 @@ fn command_identity(command: &ChatCommand) -> &Identity {
 }
 
 async fn register(gateway: &Gateway, profiles: &Profiles, user: &str, device: &str) -> Result<()> {
-    check_id_argument("USER", user)?;
-    check_id_argument("--device", device)?;
+    // Ids name profile files unless --profile names the file.
+    if profiles.explicit.is_none() {
+        check_id_argument("USER", user)?;
+        check_id_argument("--device", device)?;
+    }
     let path = profiles.path(user)?;
     let profile = commands::register(gateway, user, device).await?;
     profile.save(&path)?;
@@ -304,18 +307,19 @@ async fn link(
     let (profile, _) = profiles.load(identity)?;
     let new_name = linked_name(&profile.user_id, device);
     let new_path = profile_path(None, &profiles.directory, &new_name)?;
-    // The profile stores the device's cursors; replacing it would make the
-    // next listen print every message again.
-    if new_path.exists() {
-        bail!(
-            "device {device:?} of {} is already linked: its profile is {}; act as it with \
-             --as {new_name}, or delete that file first to link it again",
-            profile.user_id,
-            new_path.display()
-        );
-    }
+    // The profile stores the device's cursors. Linking a device again only
+    // renews its token, so keep them and the next listen prints no repeats.
+    let existing = if new_path.exists() {
+        Some(Profile::load(&new_path, &new_name)?)
+    } else {
+        None
+    };
     let client = gateway.authed(&profile.token)?;
-    let linked = commands::link(gateway, client, device).await?;
+    let mut linked = commands::link(gateway, client, device).await?;
+    if let Some(existing) = existing {
+        linked.cursors = existing.cursors;
+        eprintln!("device {device:?} was already linked; its new token keeps its cursors");
+    }
     linked.save(&new_path)?;
     println!("user {} device {}", linked.user_id, linked.device_id);
     eprintln!(

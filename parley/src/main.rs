@@ -288,7 +288,7 @@ async fn status(args: StatusArgs) -> Result<()> {
 
     if !unreachable.is_empty() {
         bail!(
-            "{} of {} nodes did not answer: {}; check that they run and that the addresses are right",
+            "{} of {} nodes returned no status: {}; check that they run and that the addresses are right",
             unreachable.len(),
             args.nodes.len(),
             unreachable.join(", ")

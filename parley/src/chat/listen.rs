@@ -289,16 +289,18 @@ pub async fn send_typing(
     let ready = ready.unwrap_or_else(|_| Err(not_ready()));
     let conversations = ready.map_err(|status| gateway.error(status))?;
 
-    // The gateway drops typing updates for conversations that are not the
-    // user's without a reply, so check here to report the mistake.
+    // The gateway drops typing updates for conversations it does not list
+    // for the user without a reply, so check here to report the mistake. Its
+    // list follows the commit feed and can lag a membership change by a moment.
     let is_member = conversations
         .iter()
         .any(|cursor| cursor.conversation_id == conversation_id);
     if !is_member {
         close_session(sender, stream).await;
         bail!(
-            "conversation {conversation_id:?} is not among yours; list them with \
-             `parley chat conversations`"
+            "the gateway does not list conversation {conversation_id:?} among yours, so the \
+             typing update was not sent; check it with `parley chat conversations`, and retry \
+             if you joined it just now"
         );
     }
 
