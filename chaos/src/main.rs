@@ -213,3 +213,42 @@ fn default_parley_bin() -> Result<PathBuf> {
     })?;
     Ok(directory.join("parley"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `run` with `extra` flags and an existing file as the binary.
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let mut words = vec!["parley-chaos", "run", "--parley-bin", "Cargo.toml"];
+        words.extend_from_slice(extra);
+        let Commands::Run(args) = Cli::try_parse_from(words).expect("flags parse").command;
+        args
+    }
+
+    #[test]
+    fn defaults_are_accepted() {
+        let options = run_options(run_args(&[])).expect("defaults are valid");
+
+        assert_eq!(options.nodes, 3);
+        assert_eq!(options.liveness_secs, 60);
+    }
+
+    #[test]
+    fn invalid_sizes_are_rejected() {
+        let cases: [(&[&str], &str); 4] = [
+            (&["--nodes", "4"], "--nodes is 4"),
+            (&["--duration-secs", "0"], "--duration-secs is 0"),
+            (&["--liveness-secs", "0"], "--liveness-secs is 0"),
+            (&["--users", "1"], "--users is 1"),
+        ];
+        for (flags, expected) in cases {
+            let error = run_options(run_args(flags)).expect_err("flags are invalid");
+
+            assert!(
+                error.to_string().starts_with(expected),
+                "{flags:?}: {error}"
+            );
+        }
+    }
+}
